@@ -1,0 +1,168 @@
+"""Text-LLM adapter: decoder-only causal LMs of one architecture (Llama, Mistral, Qwen2, ...).
+
+Parameter groups follow the decoder stack: ``embed``, ``layers.0`` ... ``layers.N-1``, ``norm``,
+``head`` (and ``other`` for anything else a model family adds outside its layers).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from evomm.adapters.base import LLMHandle, TensorSlot
+from evomm.adapters.loading import (
+    check_ref,
+    compare_shapes,
+    load_or_explain,
+    pick_device,
+    resolve_ref,
+    torch_dtype,
+)
+from evomm.errors import ConfigError, IncompatibleModelsError
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def llm_group(name: str) -> str:
+    """The parameter group of a causal-LM tensor name."""
+    m = _LAYER.search(name)
+    if m:
+        return f"layers.{m.group(1)}"
+    if "embed" in name:
+        return "embed"
+    if name.startswith("lm_head") or name.startswith("head"):
+        return "head"
+    if "norm" in name:
+        return "norm"
+    return "other"
+
+
+def group_t(group: str, n_layers: int) -> float:
+    """mergekit's layer position: 0 before the stack, i/(N-1) inside, 1 after."""
+    if group.startswith("layers."):
+        i = int(group.split(".")[1])
+        return i / (n_layers - 1) if n_layers > 1 else 1.0
+    return 0.0 if group == "embed" else 1.0
+
+
+def load_config(ref: str):
+    from transformers import AutoConfig
+
+    return load_or_explain(ref, lambda r: AutoConfig.from_pretrained(r), "model config")
+
+
+def check_llm_configs(refs: list[str]) -> None:
+    """Refuse models of different architectures or sizes before any weights load."""
+    configs = [load_config(r) for r in refs]
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
+            "num_attention_heads", "num_key_value_heads", "vocab_size")
+    ref0, cfg0 = refs[0], configs[0]
+    for ref, cfg in zip(refs[1:], configs[1:]):
+        diffs = [
+            f"{k}: {getattr(cfg0, k, None)} vs {getattr(cfg, k, None)}"
+            for k in keys
+            if getattr(cfg0, k, None) != getattr(cfg, k, None)
+        ]
+        if diffs:
+            raise IncompatibleModelsError(
+                f"'{ref}' does not match '{ref0}' ({'; '.join(diffs)}). "
+                "Merge models of the same architecture and size."
+            )
+
+
+class LLMAdapter:
+    name = "llm"
+
+    def __init__(
+        self,
+        models: list[str],
+        base: str | None = None,
+        dtype: str = "float32",
+        device: str = "auto",
+        tokenizer_from: int = 0,
+    ):
+        if not models:
+            raise ConfigError("adapter.models is empty: list the hub ids or paths of the models to merge")
+        for ref in models:
+            check_ref(ref)
+        if base is not None:
+            check_ref(base, "base model")
+        if not 0 <= tokenizer_from < len(models):
+            raise ConfigError(f"adapter.tokenizer_from must index adapter.models (0..{len(models) - 1})")
+        self.source_names = [resolve_ref(r) for r in models]
+        self.base_name = resolve_ref(base) if base is not None else None
+        self.dtype = torch_dtype(dtype)
+        self.device = pick_device(device)
+        refs = self.source_names + ([self.base_name] if self.base_name else [])
+        check_llm_configs(refs)
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        def load(ref: str):
+            return load_or_explain(
+                ref, lambda r: AutoModelForCausalLM.from_pretrained(r, dtype=self.dtype), "model"
+            )
+
+        # The resident target: a real model object whose parameters every candidate overwrites.
+        self.model = load(self.source_names[0]).to(self.device).eval()
+        self.tokenizer = load_or_explain(
+            self.source_names[tokenizer_from], AutoTokenizer.from_pretrained, "tokenizer"
+        )
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        target_params = dict(self.model.named_parameters())
+        shapes = {k: v.shape for k, v in target_params.items()}
+
+        # Sources (and base) are kept as plain tensors on the CPU in storage dtype; the module is dropped.
+        def tensors_of(ref: str) -> dict[str, torch.Tensor]:
+            if ref == self.source_names[0]:
+                return {k: v.detach().to("cpu", copy=True) for k, v in target_params.items()}
+            m = load(ref)
+            out = {k: v.detach() for k, v in m.named_parameters()}
+            compare_shapes(self.source_names[0], shapes, ref, {k: v.shape for k, v in out.items()})
+            return out
+
+        sources = [tensors_of(r) for r in self.source_names]
+        base_tensors = tensors_of(self.base_name) if self.base_name else None
+
+        n_layers = int(self.model.config.num_hidden_layers)
+        self._slots = [
+            TensorSlot(
+                name=name,
+                group=llm_group(name),
+                t=group_t(llm_group(name), n_layers),
+                target=param.data,
+                sources=[s[name] for s in sources],
+                base=None if base_tensors is None else base_tensors[name],
+            )
+            for name, param in target_params.items()
+        ]
+        present = {s.group for s in self._slots}
+        layers = [f"layers.{i}" for i in range(n_layers) if f"layers.{i}" in present]
+        self._groups = [g for g in ("embed",) if g in present] + layers + [
+            g for g in ("norm", "head", "other") if g in present
+        ]
+        self._layer_groups = layers
+
+    def groups(self) -> list[str]:
+        return list(self._groups)
+
+    def layer_groups(self) -> list[str]:
+        return list(self._layer_groups)
+
+    def slots(self) -> list[TensorSlot]:
+        return self._slots
+
+    def notes(self) -> dict:
+        return {}
+
+    def handle(self) -> LLMHandle:
+        return LLMHandle(self.model, self.tokenizer)
+
+    def save_merged(self, out_dir: Path) -> None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,74 @@
+"""Built-in models: real checkpoints that evomm builds (or ships) and then loads by path.
+
+A model reference ``builtin:<name>`` in a config resolves to a folder under
+``$EVOMM_HOME/models/<name>`` (default ``~/.cache/evomm``). The first time it is asked for, the
+registered builder writes a standard checkpoint there (save_pretrained / diffusers format); from
+then on it is loaded like any user model. Recipes record the resolved path, so ``evomm merge``
+and other tools can rebuild a run's model later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from evomm.registry import Registry
+
+PREFIX = "builtin:"
+
+# name -> builder(out_dir) that writes a complete checkpoint into out_dir
+BUILDERS: Registry[Callable[[Path], None]] = Registry("built-in model")
+
+# Modules that register builders; imported on first use so that importing evomm stays light.
+_BUILDER_MODULES = ["evomm.toy.builtins", "evomm.toy.tiny_vlm", "evomm.toy.tiny_sdxl"]
+
+
+def evomm_home() -> Path:
+    return Path(os.environ.get("EVOMM_HOME", Path.home() / ".cache" / "evomm"))
+
+
+def is_builtin(ref: str) -> bool:
+    return isinstance(ref, str) and ref.startswith(PREFIX)
+
+
+def _load_builders() -> None:
+    for module in _BUILDER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:  # a module not written yet must not break the others
+            if e.name != module:
+                raise
+
+
+def builtin_names() -> list[str]:
+    _load_builders()
+    return BUILDERS.names()
+
+
+def resolve(ref: str) -> str:
+    """Return a loadable path for ``builtin:<name>`` (building it once); other refs unchanged."""
+    if not is_builtin(ref):
+        return ref
+    name = ref[len(PREFIX):]
+    _load_builders()
+    builder = BUILDERS.get(name)
+    out = evomm_home() / "models" / name
+    if (out / ".complete").exists():
+        return str(out)
+    # Build into a temporary sibling and rename, so a killed build never leaves half a model.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        builder(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)

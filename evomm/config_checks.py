@@ -1,0 +1,110 @@
+"""Config validation that runs before any model or dataset loads.
+
+A mistake in a config must fail in the first second, not after loading 30 GB of weights. Each
+check raises ConfigError with a message that names the key and says what to change.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from evomm.adapters import adapter_names
+from evomm.adapters.loading import check_ref
+from evomm.errors import ConfigError, UnknownNameError
+from evomm.evolution.optimizers import OPTIMIZERS
+from evomm.merging.methods import get_method
+from evomm.merging.space import GRANULARITIES
+from tasks import task_names
+
+
+def _int(value: Any, key: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def validate_config(c: dict) -> None:
+    """Check a resolved run config (a plain dict) without loading anything heavy."""
+    for section in ("adapter", "merge", "optimizer", "task"):
+        if not isinstance(c.get(section), dict):
+            raise ConfigError(f"the config has no '{section}' section; pick one with {section}=<name>")
+
+    adapter, merge, opt, task = c["adapter"], c["merge"], c["optimizer"], c["task"]
+    if adapter.get("name") not in adapter_names():
+        raise UnknownNameError(f"unknown adapter '{adapter.get('name')}'; known adapters: {', '.join(adapter_names())}")
+    if task.get("name") not in task_names():
+        raise UnknownNameError(f"unknown task '{task.get('name')}'; known tasks: {', '.join(task_names())}")
+    OPTIMIZERS.get(opt.get("name"))
+    spec = get_method(merge.get("method"))
+
+    models = adapter.get("models")
+    if models in (None, "???") or not isinstance(models, list) or not models:
+        raise ConfigError("adapter.models must list the models to merge (hub ids or paths), e.g. adapter.models=[a/b,c/d]")
+    for ref in models:
+        check_ref(ref)
+    if adapter.get("base") is not None:
+        check_ref(adapter["base"], "base model")
+    if spec.needs_base and adapter.get("base") is None:
+        raise ConfigError(f"merge method '{spec.name}' computes task vectors and needs adapter.base (the common ancestor)")
+    if spec.exact_sources is not None and len(models) != spec.exact_sources:
+        raise ConfigError(
+            f"merge method '{spec.name}' takes exactly {spec.exact_sources} model(s) besides the base; "
+            f"adapter.models has {len(models)}"
+        )
+
+    if merge.get("granularity") not in GRANULARITIES:
+        raise ConfigError(f"unknown merge.granularity '{merge.get('granularity')}'; known: {', '.join(GRANULARITIES)}")
+    _int(merge.get("group_size", 1), "merge.group_size", 1)
+    known_params = set(spec.tensor_params) | set(spec.global_params)
+    evolve = merge.get("evolve") or []
+    for name in evolve:
+        if name not in known_params:
+            raise ConfigError(
+                f"merge.evolve names '{name}', which method '{spec.name}' does not take; "
+                f"its parameters: {', '.join(sorted(known_params))}"
+            )
+    bounds = merge.get("bounds") or {}
+    for name in evolve:
+        b = bounds.get(name)
+        if not (isinstance(b, list) and len(b) == 2):
+            raise ConfigError(f"merge.bounds.{name} must be [low, high], got {b!r}")
+        low, high = (_number(v, f"merge.bounds.{name}") for v in b)
+        if low > high:
+            raise ConfigError(f"merge.bounds.{name} must have low <= high, got {b}")
+        if name == "density" and not (0 < low and high <= 1):
+            raise ConfigError(f"density must lie in (0, 1]; merge.bounds.density is {b}")
+    unknown = set(merge.get("params") or {}) - known_params
+    if unknown:
+        raise ConfigError(
+            f"merge.params has {sorted(unknown)}, which method '{spec.name}' does not take; "
+            f"its parameters: {', '.join(sorted(known_params))}"
+        )
+
+    if opt.get("popsize") is not None:
+        _int(opt["popsize"], "optimizer.popsize", 2)
+    _int(opt.get("generations"), "optimizer.generations", 0)
+    if opt.get("sigma0") is not None and _number(opt["sigma0"], "optimizer.sigma0") <= 0:
+        raise ConfigError(f"optimizer.sigma0 must be > 0, got {opt['sigma0']}")
+    if opt.get("max_evals") is not None:
+        _int(opt["max_evals"], "optimizer.max_evals", 1)
+    _int(c.get("seed", 0), "seed", 0)
+
+    for name, params in ((c.get("final_eval") or {}).get("baselines") or {}).items():
+        base_spec = get_method(name)
+        if not isinstance(params, dict):
+            raise ConfigError(f"final_eval.baselines.{name} must be a mapping of parameters")
+        density = params.get("density")
+        if density is not None and not (0 < _number(density, f"final_eval.baselines.{name}.density") <= 1):
+            raise ConfigError(f"final_eval.baselines.{name}.density must lie in (0, 1], got {density}")
+        unknown = set(params) - set(base_spec.tensor_params) - set(base_spec.global_params)
+        if unknown:
+            raise ConfigError(f"final_eval.baselines.{name} has unknown parameters {sorted(unknown)}")

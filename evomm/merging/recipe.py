@@ -1,0 +1,198 @@
+"""Recipes: a merge written down as plain data.
+
+A recipe names the adapter, the source models, the base, the merge method and, for every tensor,
+the method's parameters. Parameters live in an ordered list of *entries*; a tensor takes the
+parameters of the first entry whose ``groups`` contain its group and whose ``filter`` is a
+substring of its name (``None`` matches everything), the way mergekit resolves
+``{filter, value}`` lists. Values are what mergekit accepts: a number, a list of numbers
+interpolated over the layer stack by the slot's ``t``, or a list of ``{filter, value}``
+conditions. Per-source parameters (``weight``, ``density``) hold one such value per source.
+
+``best_recipe.yaml`` is a complete recipe: ``evomm merge best_recipe.yaml OUT`` rebuilds the
+same model from the sources, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evomm.errors import ConfigError
+
+RECIPE_VERSION = 1
+
+
+@dataclass
+class Entry:
+    """Parameters for the tensors of some groups (and, optionally, a name filter)."""
+
+    params: dict[str, Any]
+    groups: list[str] | None = None  # None: every group
+    filter: str | None = None  # substring of the tensor name; None: every tensor
+
+    def matches(self, group: str, tensor_name: str) -> bool:
+        if self.groups is not None and group not in self.groups:
+            return False
+        return self.filter is None or self.filter == "*" or self.filter in tensor_name
+
+
+@dataclass
+class Recipe:
+    adapter: str
+    method: str
+    models: list[str]
+    base: str | None = None
+    method_params: dict[str, Any] = field(default_factory=dict)  # method-wide, e.g. normalize
+    entries: list[Entry] = field(default_factory=list)
+    seed: int = 0  # DARE masks: per-tensor seeds derive from this
+    dtype: str | None = None  # storage dtype of the written model; None: the target's
+    adapter_options: dict[str, Any] = field(default_factory=dict)
+    route: dict[str, Any] | None = None  # data-flow-space route, when there is one
+    notes: dict[str, Any] = field(default_factory=dict)  # facts the adapter recorded (e.g. vocab rows)
+
+    # ---- resolution -------------------------------------------------------------------
+    def entry_for(self, group: str, tensor_name: str) -> Entry | None:
+        for entry in self.entries:
+            if entry.matches(group, tensor_name):
+                return entry
+        return None
+
+    def params_for(self, group: str, tensor_name: str, t: float) -> dict[str, Any]:
+        """The method parameters for one tensor: method-wide values overridden by its entry."""
+        merged: dict[str, Any] = {}
+        for key, value in self.method_params.items():
+            merged[key] = evaluate_setting(value, tensor_name, t)
+        entry = self.entry_for(group, tensor_name)
+        if entry is not None:
+            for key, value in entry.params.items():
+                if isinstance(value, list) and _is_per_source(key):
+                    merged[key] = [evaluate_setting(v, tensor_name, t) for v in value]
+                else:
+                    merged[key] = evaluate_setting(value, tensor_name, t)
+        return merged
+
+    # ---- files ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["entries"] = [_entry_to_dict(e) for e in self.entries]
+        return {"evomm_recipe": RECIPE_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        if not isinstance(d, dict):
+            raise ConfigError(f"a recipe must be a mapping, got {type(d).__name__}")
+        d = dict(d)
+        d.pop("evomm_recipe", None)
+        for key in ("adapter", "method", "models"):
+            if key not in d:
+                raise ConfigError(f"recipe is missing the required key '{key}'")
+        if not isinstance(d["models"], list) or not d["models"] or not all(isinstance(m, str) for m in d["models"]):
+            raise ConfigError("recipe key 'models' must be a non-empty list of model ids or paths")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"recipe has unknown keys {unknown}; known keys: {sorted(known)}")
+        entries = d.pop("entries", []) or []
+        if not isinstance(entries, list):
+            raise ConfigError("recipe key 'entries' must be a list")
+        recipe = cls(**d)
+        recipe.entries = [_entry_from_dict(e, i) for i, e in enumerate(entries)]
+        if not isinstance(recipe.method_params, dict):
+            raise ConfigError("recipe key 'method_params' must be a mapping")
+        if not isinstance(recipe.seed, int) or isinstance(recipe.seed, bool):
+            raise ConfigError(f"recipe key 'seed' must be an integer, got {recipe.seed!r}")
+        return recipe
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        return cls.from_dict(load_yaml(path))
+
+    def copy(self) -> Recipe:
+        return copy.deepcopy(self)
+
+
+PER_SOURCE_PARAMS = ("weight", "density")
+
+
+def _is_per_source(key: str) -> bool:
+    return key in PER_SOURCE_PARAMS
+
+
+def _entry_to_dict(e: Entry) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if e.groups is not None:
+        d["groups"] = list(e.groups)
+    if e.filter is not None:
+        d["filter"] = e.filter
+    d["params"] = e.params
+    return d
+
+
+def _entry_from_dict(d: Any, index: int) -> Entry:
+    if not isinstance(d, dict) or "params" not in d:
+        raise ConfigError(f"recipe entry {index} must be a mapping with a 'params' mapping")
+    if not isinstance(d["params"], dict):
+        raise ConfigError(f"recipe entry {index}: 'params' must be a mapping")
+    groups = d.get("groups")
+    if groups is not None and (not isinstance(groups, list) or not all(isinstance(g, str) for g in groups)):
+        raise ConfigError(f"recipe entry {index}: 'groups' must be a list of group names")
+    flt = d.get("filter")
+    if flt is not None and not isinstance(flt, str):
+        raise ConfigError(f"recipe entry {index}: 'filter' must be a string")
+    extra = set(d) - {"params", "groups", "filter"}
+    if extra:
+        raise ConfigError(f"recipe entry {index} has unknown keys {sorted(extra)}")
+    return Entry(params=dict(d["params"]), groups=groups, filter=flt)
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def evaluate_setting(setting: Any, tensor_name: str, t: float) -> Any:
+    """Evaluate a mergekit parameter setting for one tensor at layer position ``t`` in [0, 1].
+
+    - a scalar is itself;
+    - a list of numbers is a gradient: linearly interpolated at ``t`` over evenly spaced knots;
+    - a list of ``{filter, value}`` mappings: the first whose filter is in the tensor name (or
+      has no filter) gives the value, itself evaluated recursively.
+    """
+    if isinstance(setting, (bool, int, float, str)) or setting is None:
+        return setting
+    if isinstance(setting, list):
+        if setting and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in setting):
+            scaled = t * (len(setting) - 1)
+            i0 = int(math.floor(scaled))
+            i1 = min(len(setting) - 1, i0 + 1)
+            frac = scaled - i0
+            return (1 - frac) * setting[i0] + frac * setting[i1]
+        if setting and all(isinstance(v, dict) for v in setting):
+            for cond in setting:
+                if "value" not in cond:
+                    raise ConfigError(f"a {{filter, value}} condition has no 'value': {cond}")
+                flt = cond.get("filter")
+                if flt is None or flt == "*" or flt in tensor_name:
+                    return evaluate_setting(cond["value"], tensor_name, t)
+            return None
+    if isinstance(setting, dict) and "value" in setting:
+        return evaluate_setting([setting], tensor_name, t)
+    raise ConfigError(
+        f"cannot read parameter value {setting!r}: use a number, a list of numbers "
+        "(interpolated over layers) or a list of {filter, value} conditions"
+    )

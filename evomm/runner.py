@@ -1,0 +1,246 @@
+"""``run(cfg)``: one evolutionary merge, from a composed config to a finished run directory.
+
+Order matters: everything cheap is checked before anything heavy loads, and everything a run
+computes lands in the run directory as soon as it exists (history per candidate, checkpoint per
+generation), so a crashed or killed run loses at most the generation in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from evomm.adapters import build_adapter
+from evomm.config_checks import validate_config
+from evomm.errors import ConfigError
+from evomm.evaluation import final_evaluation, results_markdown, write_results
+from evomm.evolution import checkpoint
+from evomm.evolution.checkpoint import SearchState
+from evomm.evolution.loop import Problem, search
+from evomm.evolution.optimizers import build_optimizer
+from evomm.merging.recipe import Recipe
+from evomm.merging.space import SearchSpace, build_units
+from evomm.tracking.history import HistoryWriter
+from evomm.tracking.plots import plot_fitness
+from evomm.tracking.progress import Progress
+from evomm.tracking.wandb_logger import NullLogger, WandbLogger
+from tasks import build_task
+
+
+def _options(section: dict, *drop: str) -> dict:
+    return {k: v for k, v in section.items() if k not in drop}
+
+
+def resolve_run_dir(c: dict) -> Path:
+    if c.get("run_dir"):
+        return Path(c["run_dir"])
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        raise ConfigError("no run directory: set run_dir=<path> (train.py sets it from hydra.run.dir)") from None
+
+
+def search_fingerprint(c: dict) -> str:
+    """What must match for a checkpoint to be resumed: models, merge, optimizer, task, seed."""
+    return checkpoint.fingerprint({k: c.get(k) for k in ("adapter", "merge", "optimizer", "task", "seed")})
+
+
+def build_space(merge: dict, adapter: Any, seed: int, adapter_options: dict) -> SearchSpace:
+    units = build_units(
+        merge["granularity"],
+        adapter.groups(),
+        adapter.layer_groups(),
+        group_size=merge.get("group_size", 1),
+        filters=merge.get("filters") or (),
+    )
+    template = Recipe(
+        adapter=adapter.name,
+        method=merge["method"],
+        models=list(adapter.source_names),
+        base=adapter.base_name,
+        method_params=dict(merge.get("params") or {}),
+        seed=seed,
+        dtype=None,
+        adapter_options=adapter_options,
+        notes=dict(adapter.notes()),
+    )
+    bounds = {k: tuple(v) for k, v in (merge.get("bounds") or {}).items()}
+    return SearchSpace(template=template, units=units, evolve=list(merge.get("evolve") or []), bounds=bounds)
+
+
+def build_logger(c: dict, run_dir: Path):
+    logger = c.get("logger") or {"name": "none"}
+    if logger.get("name") in (None, "none"):
+        return NullLogger()
+    if logger["name"] != "wandb":
+        raise ConfigError(f"unknown logger '{logger['name']}'; known loggers: none, wandb")
+    group, job_type = logger.get("group"), logger.get("job_type")
+    try:  # a Hydra multirun sweep becomes one W&B group, one job type per override set
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            group = group or f"sweep-{Path(hc.sweep.dir).name}"
+            job_type = job_type or (hc.job.override_dirname or "default")[:64]
+    except ValueError:
+        pass
+    return WandbLogger(
+        run_dir,
+        config=c,
+        project=logger.get("project", "evomm"),
+        group=group or c.get("experiment_name"),
+        job_type=job_type,
+        name=logger.get("run_name") or f"{c.get('experiment_name') or 'run'}-{run_dir.name}",
+        tags=list(logger.get("tags") or []),
+        entity=logger.get("entity"),
+    )
+
+
+def run(cfg: DictConfig | dict) -> dict:
+    """Evolve a merge as the config says; returns a summary (run_dir, best, results)."""
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    validate_config(c)
+    run_dir = resolve_run_dir(c)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(c["seed"])
+
+    task = build_task(c["task"]["name"], **_options(c["task"], "name"))
+    task.validate()
+    if task.fitness_split == task.heldout_split and not c.get("allow_heldout_fitness", False):
+        raise ConfigError(
+            f"task '{task.name}' would evolve on its held-out split '{task.heldout_split}'; "
+            "choose a task with a separate fitness split, or set allow_heldout_fitness=true "
+            "(the results then say so)"
+        )
+
+    t0 = time.perf_counter()
+    adapter = build_adapter(c["adapter"]["name"], **_options(c["adapter"], "name"))
+    load_seconds = time.perf_counter() - t0
+    space = build_space(c["merge"], adapter, c["seed"], _options(c["adapter"], "name", "models", "base", "device"))
+    opt = c["optimizer"]
+    optimizer = build_optimizer(
+        opt["name"], dim=space.dim, seed=c["seed"], **_options(opt, "name", "generations")
+    )
+    generations = int(opt["generations"])
+
+    fp = search_fingerprint(c)
+    ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
+    if c.get("resume") and ckpt_path.exists():
+        state = checkpoint.load(ckpt_path, fp)
+        optimizer = state.optimizer
+        resumed = f"resumed at generation {state.generation}"
+    else:
+        if ckpt_path.exists():
+            raise ConfigError(
+                f"{run_dir} already holds a checkpoint; pass resume=true to continue it, "
+                "or choose a new hydra.run.dir"
+            )
+        state = SearchState(optimizer=optimizer)
+        resumed = ""
+
+    history = HistoryWriter(run_dir / "history.jsonl", existing=state.history)
+    logger = build_logger(c, run_dir)
+    progress = Progress(generations, start_generation=state.generation)
+    progress.print(
+        f"evomm: {adapter.name} adapter, {len(adapter.source_names)} source(s), method {space.template.method}, "
+        f"{space.dim} parameters over {len(space.units)} unit(s), popsize {optimizer.popsize}, "
+        f"{generations} generations (models loaded in {load_seconds:.1f}s){'; ' + resumed if resumed else ''}"
+    )
+    progress.print(f"run directory: {run_dir}")
+
+    def on_generation(state: SearchState, entries: list[dict]) -> None:
+        scores = torch.tensor([e["fitness"] for e in entries if e["fitness"] is not None], dtype=torch.float64)
+        stats = {
+            "gen/best": float(scores.max()),
+            "gen/mean": float(scores.mean()),
+            "gen/std": float(scores.std(unbiased=False)),
+            "gen/failed": len(entries) - len(scores),
+            "best_so_far": state.best["fitness"],
+            **{f"optimizer/{k}": v for k, v in optimizer.state().items()},
+        }
+        logger.log_generation(state.generation, stats)
+        checkpoint.save(ckpt_path, state, fp)
+        progress.generation(state, entries, optimizer.state())
+
+    problem = Problem(space=space, adapter=adapter, task=task, split=task.fitness_split)
+    try:
+        state = search(
+            problem, optimizer, state, generations, on_candidate=history.append, on_generation=on_generation
+        )
+    except KeyboardInterrupt:
+        progress.print("interrupted: the checkpoint holds every finished generation; rerun with resume=true")
+        logger.log_candidates(_candidate_rows(state.history))
+        logger.finish()
+        raise
+
+    # The best recipe; with no generations at all the search space's start point stands in.
+    x_best = state.best["x"] if state.best else [0.5] * space.dim
+    best = space.decode(x_best)
+    best.save(run_dir / "best_recipe.yaml")
+    plot_fitness(state.history, run_dir / "fitness.png", title=f"{c.get('experiment_name') or 'search'}: fitness")
+
+    rows: list[dict] = []
+    final = c.get("final_eval") or {}
+    merged_dir = run_dir / "merged"
+
+    def after_evolved() -> None:
+        if c.get("save_merged", True):
+            adapter.save_merged(merged_dir)
+
+    if final.get("enabled", True):
+        rows = final_evaluation(
+            adapter,
+            task,
+            best,
+            baselines=final.get("baselines") or {},
+            include_sources=final.get("sources", True),
+            after_evolved=after_evolved,
+            log=progress.print,
+        )
+        extra = {"fitness on the held-out split": task.heldout_split}
+        if task.fitness_split == task.heldout_split:
+            extra["WARNING"] = "the search evolved on the held-out split (allow_heldout_fitness=true)"
+        write_results(rows, run_dir, extra)
+        logger.log_table("results", [{"name": r["name"], "kind": r["kind"], **r["metrics"]} for r in rows])
+    else:
+        from evomm.merging.engine import materialize
+
+        materialize(adapter.slots(), best)
+        after_evolved()
+
+    logger.log_candidates(_candidate_rows(state.history))
+    logger.log_image("fitness", run_dir / "fitness.png")
+    logger.log_artifact(run_dir / "best_recipe.yaml", name="best_recipe", kind="recipe")
+    if rows:
+        logger.log_artifact(run_dir / "results.json", name="results", kind="results")
+    logger.summary({"best_fitness": state.best["fitness"] if state.best else None, "evaluations": len(state.history)})
+    logger.finish()
+
+    progress.print("")
+    progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations")
+    progress.print(f"outputs in {run_dir}: best_recipe.yaml, history.jsonl, fitness.png, results.md, merged/")
+    if rows:
+        progress.print("\n" + results_markdown(rows))
+    return {"run_dir": run_dir, "best": state.best, "results": rows, "state": state}
+
+
+def _candidate_rows(history: list[dict]) -> list[dict]:
+    return [
+        {
+            "generation": h["generation"],
+            "index": h["index"],
+            "fitness": h["fitness"],
+            "seconds": h["seconds"],
+            "error": h["error"] or "",
+            **h["params"],
+            **{f"metric/{k}": v for k, v in h["metrics"].items()},
+        }
+        for h in history
+    ]

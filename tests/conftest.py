@@ -1,0 +1,50 @@
+"""Test-wide setup: no network, W&B offline, every cache and run directory under tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports huggingface_hub / wandb, which read these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _evomm_home(tmp_path_factory):
+    """Built-in models are built once per test session into a private EVOMM_HOME."""
+    home = tmp_path_factory.mktemp("evomm_home")
+    old = os.environ.get("EVOMM_HOME")
+    os.environ["EVOMM_HOME"] = str(home)
+    os.environ["WANDB_DIR"] = str(home / "wandb")
+    os.environ["WANDB_CACHE_DIR"] = str(home / "wandb-cache")
+    os.environ["WANDB_CONFIG_DIR"] = str(home / "wandb-config")
+    os.environ["HF_HOME"] = str(home / "hf")
+    yield home
+    if old is None:
+        os.environ.pop("EVOMM_HOME", None)
+    else:
+        os.environ["EVOMM_HOME"] = old
+
+
+def compose(overrides: list[str]):
+    """Compose the real conf/ with overrides, as train.py does (no Hydra run dir)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture
+def compose_cfg():
+    return compose
