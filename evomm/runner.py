@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from evomm.adapters import build_adapter
+from evomm.cli import quiet_libraries
 from evomm.config_checks import validate_config
 from evomm.errors import ConfigError
 from evomm.evaluation import final_evaluation, results_markdown, write_results
@@ -47,8 +48,14 @@ def resolve_run_dir(c: dict) -> Path:
 
 
 def search_fingerprint(c: dict) -> str:
-    """What must match for a checkpoint to be resumed: models, merge, optimizer, task, seed."""
-    return checkpoint.fingerprint({k: c.get(k) for k in ("adapter", "merge", "optimizer", "task", "seed")})
+    """What must match for a checkpoint to be resumed: models, merge, optimizer, task, seed.
+
+    The budget (generations, max_evals) is left out so a finished search can be extended.
+    """
+    keys = ("adapter", "merge", "optimizer", "task", "seed")
+    relevant = {k: c.get(k) for k in keys}
+    relevant["optimizer"] = {k: v for k, v in (c.get("optimizer") or {}).items() if k not in ("generations", "max_evals")}
+    return checkpoint.fingerprint(relevant)
 
 
 def build_space(merge: dict, adapter: Any, seed: int, adapter_options: dict) -> SearchSpace:
@@ -107,6 +114,7 @@ def run(cfg: DictConfig | dict) -> dict:
     """Evolve a merge as the config says; returns a summary (run_dir, best, results)."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     validate_config(c)
+    quiet_libraries()
     run_dir = resolve_run_dir(c)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(c["seed"])
