@@ -56,6 +56,8 @@ def merge_to_dir(recipe, out_dir: Path, device: str | None = None) -> Path:
     options = dict(recipe.adapter_options)
     if device is not None:
         options["device"] = device
+    if recipe.adapter == "llm":
+        options.setdefault("require_tokenizer", False)
     if spec.needs_base and recipe.base is None:
         raise ConfigError(f"merge method '{spec.name}' needs a base model (base_model / base)")
     adapter = build_adapter(recipe.adapter, models=list(recipe.models), base=recipe.base, **options)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from evomm.merging.engine import materialize, write_source
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import PER_SOURCE_PARAMS, Entry, Recipe
+from evomm.merging.recipe import Entry, Recipe, per_source_params
 from evomm.tracking.history import json_safe
 
 
@@ -26,9 +26,8 @@ def baseline_recipe(template: Recipe, method: str, params: dict[str, Any]) -> Re
     recipe.method = method
     recipe.method_params = {}
     recipe.route = None
-    recipe.entries = [
-        Entry(params={k: ([float(v)] * n if k in PER_SOURCE_PARAMS else v) for k, v in params.items()})
-    ]
+    per_source = per_source_params(method)
+    recipe.entries = [Entry(params={k: ([float(v)] * n if k in per_source else v) for k, v in params.items()})]
     return recipe
 
 

@@ -20,7 +20,7 @@ from evomm.adapters.loading import (
     resolve_ref,
     torch_dtype,
 )
-from evomm.errors import ConfigError, IncompatibleModelsError
+from evomm.errors import ConfigError, IncompatibleModelsError, ModelLoadError
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -40,11 +40,15 @@ def llm_group(name: str) -> str:
 
 
 def group_t(group: str, n_layers: int) -> float:
-    """mergekit's layer position: 0 before the stack, i/(N-1) inside, 1 after."""
+    """mergekit's layer position for per-layer value lists: i/(N-1) inside the stack.
+
+    mergekit 0.1.5 reads tensors outside the stack (embeddings, final norm, head) at t = 0;
+    the compatibility tests check this against mergekit itself.
+    """
     if group.startswith("layers."):
         i = int(group.split(".")[1])
         return i / (n_layers - 1) if n_layers > 1 else 1.0
-    return 0.0 if group == "embed" else 1.0
+    return 0.0
 
 
 def load_config(ref: str):
@@ -82,6 +86,7 @@ class LLMAdapter:
         dtype: str = "float32",
         device: str = "auto",
         tokenizer_from: int = 0,
+        require_tokenizer: bool = True,
     ):
         if not models:
             raise ConfigError("adapter.models is empty: list the hub ids or paths of the models to merge")
@@ -107,10 +112,16 @@ class LLMAdapter:
 
         # The resident target: a real model object whose parameters every candidate overwrites.
         self.model = load(self.source_names[0]).to(self.device).eval()
-        self.tokenizer = load_or_explain(
-            self.source_names[tokenizer_from], AutoTokenizer.from_pretrained, "tokenizer"
-        )
-        if self.tokenizer.pad_token is None:
+        try:
+            self.tokenizer = load_or_explain(
+                self.source_names[tokenizer_from], AutoTokenizer.from_pretrained, "tokenizer"
+            )
+        except ModelLoadError:
+            # A weights-only merge (evomm merge) needs no tokenizer; a search does.
+            if require_tokenizer:
+                raise
+            self.tokenizer = None
+        if self.tokenizer is not None and self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         target_params = dict(self.model.named_parameters())
         shapes = {k: v.shape for k, v in target_params.items()}
@@ -165,4 +176,5 @@ class LLMAdapter:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out_dir, safe_serialization=True)
-        self.tokenizer.save_pretrained(out_dir)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out_dir)

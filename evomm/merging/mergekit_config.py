@@ -14,7 +14,7 @@ from typing import Any
 
 from evomm.errors import ConfigError
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import PER_SOURCE_PARAMS, Entry, Recipe
+from evomm.merging.recipe import Entry, Recipe
 
 _IGNORED = {"tokenizer_source", "tokenizer", "chat_template", "out_dtype", "name"}
 
@@ -90,7 +90,8 @@ def recipe_from_mergekit(d: dict) -> Recipe:
                 raise ConfigError(f"mergekit config: '{name}' is required for every model; missing for {missing}")
             values = [spec.tensor_params[name] if v is None else v for v in values]
         entry_params[name] = values
-    method_params = {k: v for k, v in top.items() if k not in PER_SOURCE_PARAMS and k != "int8_mask"}
+    # Top-level per-source values were folded into the entry above as fallbacks.
+    method_params = {k: v for k, v in top.items() if k not in spec.tensor_params and k != "int8_mask"}
     dtype = d.get("dtype")
     if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError(f"mergekit config: dtype must be float32, float16 or bfloat16, got {dtype!r}")

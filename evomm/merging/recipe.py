@@ -65,12 +65,13 @@ class Recipe:
     def params_for(self, group: str, tensor_name: str, t: float) -> dict[str, Any]:
         """The method parameters for one tensor: method-wide values overridden by its entry."""
         merged: dict[str, Any] = {}
+        per_source = per_source_params(self.method)
         for key, value in self.method_params.items():
             merged[key] = evaluate_setting(value, tensor_name, t)
         entry = self.entry_for(group, tensor_name)
         if entry is not None:
             for key, value in entry.params.items():
-                if isinstance(value, list) and _is_per_source(key):
+                if isinstance(value, list) and key in per_source:
                     merged[key] = [evaluate_setting(v, tensor_name, t) for v in value]
                 else:
                     merged[key] = evaluate_setting(value, tensor_name, t)
@@ -121,11 +122,11 @@ class Recipe:
         return copy.deepcopy(self)
 
 
-PER_SOURCE_PARAMS = ("weight", "density")
+def per_source_params(method: str) -> set[str]:
+    """Parameters that take one value per source model (``weight``, ``density``, ...)."""
+    from evomm.merging.methods import get_method  # methods import nothing from here; keep it lazy
 
-
-def _is_per_source(key: str) -> bool:
-    return key in PER_SOURCE_PARAMS
+    return set(get_method(method).tensor_params)
 
 
 def _entry_to_dict(e: Entry) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from evomm.errors import ConfigError
-from evomm.merging.recipe import PER_SOURCE_PARAMS, Entry, Recipe
+from evomm.merging.recipe import Entry, Recipe, per_source_params
 
 GRANULARITIES = ("model", "layer", "layer_filter")
 
@@ -58,9 +58,11 @@ class SearchSpace:
     evolve: list[str]  # parameter names evolved per unit, e.g. ["weight", "density"]
     bounds: dict[str, tuple[float, float]]
     genes: list[Gene] = field(init=False)
+    per_source: set[str] = field(init=False)
 
     def __post_init__(self) -> None:
         n_sources = len(self.template.models)
+        self.per_source = per_source_params(self.template.method)
         for name in self.evolve:
             if name not in self.bounds:
                 raise ConfigError(f"no bounds for evolved parameter '{name}'; set merge.bounds.{name}: [low, high]")
@@ -75,7 +77,7 @@ class SearchSpace:
         for u in range(len(self.units)):
             for name in self.evolve:
                 low, high = self.bounds[name]
-                sources = range(n_sources) if name in PER_SOURCE_PARAMS else [None]
+                sources = range(n_sources) if name in self.per_source else [None]
                 for s in sources:
                     self.genes.append(Gene(u, name, s, float(low), float(high)))
 
@@ -90,7 +92,7 @@ class SearchSpace:
         x = np.clip(x, 0.0, 1.0)
         n_sources = len(self.template.models)
         params: list[dict[str, Any]] = [
-            {name: ([0.0] * n_sources if name in PER_SOURCE_PARAMS else 0.0) for name in self.evolve}
+            {name: ([0.0] * n_sources if name in self.per_source else 0.0) for name in self.evolve}
             for _ in self.units
         ]
         for xi, gene in zip(x, self.genes):
