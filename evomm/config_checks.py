@@ -98,6 +98,13 @@ def validate_config(c: dict) -> None:
         _int(opt["max_evals"], "optimizer.max_evals", 1)
     _int(c.get("seed", 0), "seed", 0)
 
+    extra_tasks = (c.get("final_eval") or {}).get("extra_tasks") or {}
+    if not isinstance(extra_tasks, dict):
+        raise ConfigError("final_eval.extra_tasks must map task names to their options")
+    for name in extra_tasks:
+        if name not in task_names():
+            raise UnknownNameError(f"unknown task '{name}' in final_eval.extra_tasks; known tasks: {', '.join(task_names())}")
+
     for name, params in ((c.get("final_eval") or {}).get("baselines") or {}).items():
         base_spec = get_method(name)
         if not isinstance(params, dict):

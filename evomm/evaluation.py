@@ -45,11 +45,14 @@ def final_evaluation(
     include_sources: bool = True,
     after_evolved: Callable[[], None] = lambda: None,
     log: Callable[[str], None] = print,
+    extra_tasks: dict[str, Any] | None = None,
 ) -> list[dict]:
     """Score the evolved recipe, the sources and the baselines on the task's held-out split.
 
     ``after_evolved`` runs while the target still holds the evolved model (to save ``merged/``
     and render samples) before the target is overwritten by the comparison models.
+    ``extra_tasks`` (name -> task) are evaluation-only benchmarks scored on their held-out split
+    for every model; their metrics join the row as ``<name>/<metric>``.
     """
     split = task.heldout_split
     slots = adapter.slots()
@@ -59,6 +62,9 @@ def final_evaluation(
         start = time.perf_counter()
         try:
             metrics = {k: float(v) for k, v in task.evaluate(adapter.handle(), split).items()}
+            for extra_name, extra in (extra_tasks or {}).items():
+                scores = extra.evaluate(adapter.handle(), extra.heldout_split)
+                metrics.update({f"{extra_name}/{k}": float(v) for k, v in scores.items()})
             error = None
         except Exception as e:  # noqa: BLE001 - one failing comparison must not lose the others
             metrics, error = {"fitness": math.nan}, f"{type(e).__name__}: {e}"
@@ -105,7 +111,9 @@ def write_results(rows: list[dict], run_dir: Path, extra: dict | None = None) ->
 
 
 def results_markdown(rows: list[dict], extra: dict | None = None) -> str:
-    metric_names = ["fitness"] + sorted({k for r in rows for k in r["metrics"] if k not in ("fitness", "n")})
+    # counts ("n") and the extra tasks' copies of their own fitness would only repeat columns
+    hidden = lambda k: k in ("fitness", "n") or k.endswith(("/n", "/fitness"))  # noqa: E731
+    metric_names = ["fitness"] + sorted({k for r in rows for k in r["metrics"] if not hidden(k)})
     header = "| model | kind | " + " | ".join(metric_names) + " |"
     lines = [header, "|" + "---|" * (2 + len(metric_names))]
     for r in rows:

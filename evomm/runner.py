@@ -29,7 +29,7 @@ from evomm.tracking.history import HistoryWriter
 from evomm.tracking.plots import plot_fitness
 from evomm.tracking.progress import Progress
 from evomm.tracking.wandb_logger import NullLogger, WandbLogger
-from tasks import build_task
+from tasks import build_task, validate_for_evaluation
 
 
 def _options(section: dict, *drop: str) -> dict:
@@ -128,6 +128,13 @@ def run(cfg: DictConfig | dict) -> dict:
             "(the results then say so)"
         )
 
+    extra_tasks = {
+        name: build_task(name, **(options or {}))
+        for name, options in ((c.get("final_eval") or {}).get("extra_tasks") or {}).items()
+    }
+    for extra_task in extra_tasks.values():
+        validate_for_evaluation(extra_task)
+
     t0 = time.perf_counter()
     adapter = build_adapter(c["adapter"]["name"], **_options(c["adapter"], "name"))
     load_seconds = time.perf_counter() - t0
@@ -211,6 +218,7 @@ def run(cfg: DictConfig | dict) -> dict:
             include_sources=final.get("sources", True),
             after_evolved=after_evolved,
             log=progress.print,
+            extra_tasks=extra_tasks,
         )
         extra = {"fitness on the held-out split": task.heldout_split}
         if task.fitness_split == task.heldout_split:

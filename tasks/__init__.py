@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
-from evomm.errors import UnknownNameError
+from evomm.errors import ConfigError, UnknownNameError
 from evomm.registry import Registry
 
 TASKS: Registry = Registry("task")
@@ -26,7 +27,20 @@ def build_task(name: str, **options):
         importlib.import_module(module)
     if name not in TASKS:
         raise UnknownNameError(f"unknown task '{name}'; known tasks: {', '.join(task_names())}")
-    return TASKS.get(name)(**options)
+    cls = TASKS.get(name)
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"task '{name}' does not take {unknown}; its options: {', '.join(accepted)}")
+    return cls(**options)
+
+
+def validate_for_evaluation(task) -> None:
+    """Validate a task that only evaluates (never fitness): held-out-only benchmarks allow that."""
+    if "fitness" in inspect.signature(task.validate).parameters:
+        task.validate(fitness=False)
+    else:
+        task.validate()
 
 
 def task_names() -> list[str]:

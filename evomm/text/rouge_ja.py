@@ -91,13 +91,23 @@ class LanguageId:
                     "lang_id_model needs the fasttext package: pip install fasttext "
                     "(or set lang_id_model to null to use the script-based check)"
                 ) from None
-            self._model = fasttext.load_model(str(path))
+            try:
+                self._model = fasttext.load_model(str(path))
+            except (ValueError, RuntimeError) as e:
+                raise ConfigError(f"lang_id_model '{lang_id_model}' is not a fastText model: {e}") from None
 
     def is_japanese(self, text: str) -> bool:
         if self._model is None:
             return is_japanese(text)
         # fastText predicts one line at a time; k=-1 returns every label with its probability.
-        labels, probs = self._model.predict(text.replace("\n", " "), k=-1)
+        line = text.replace("\n", " ")
+        try:
+            labels, probs = self._model.predict(line, k=-1)
+        except ValueError:
+            # fasttext 0.9.x's predict() breaks under NumPy 2 (np.array(copy=False)); its
+            # low-level call returns the same (probability, label) pairs without NumPy.
+            pairs = self._model.f.predict(line + "\n", -1, 0.0, "strict")
+            labels, probs = [label for _, label in pairs], [p for p, _ in pairs]
         return dict(zip(labels, (float(p) for p in probs))).get("__label__ja", 0.0) >= self.threshold
 
 

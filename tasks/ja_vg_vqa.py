@@ -1,0 +1,255 @@
+"""ja_vg_vqa: Japanese visual question answering on JA-VG-VQA-500, EvoVLM-JP's fitness task.
+
+Each image's FIRST question/answer pair is asked (as in the paper's evaluation) with a Japanese
+system prompt; the model's answer is scored by ROUGE-L over MeCab tokens against the reference,
+and an answer that is not Japanese scores 0 when the reference is Japanese
+(``evomm.text.rouge_ja``). Fitness = mean ROUGE-L in [0, 1].
+
+Splits: fitness on ``train`` (1000 images, disjoint from the test images), held-out ``test``
+(500 images, the paper's JA-VG-VQA-500 figures). Data: the hub dataset or a local folder in the
+same format (``evomm.data.vqa``).
+
+Generation is batched through the processor with left padding and is deterministic (greedy or
+beam search; sampling draws from a fixed seed). The defaults are the paper's final-evaluation
+settings (beam search 5, repetition penalty 1.5); ``fitness_num_beams`` etc. override them on the
+fitness split only, since the search evaluates every candidate and cheaper generation (greedy,
+fewer tokens) is what makes it affordable.
+
+This module also holds the generation and scoring shared with ``ja_vlm_bench``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from evomm.adapters.base import VLMHandle
+from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
+from evomm.errors import ConfigError
+from evomm.text.rouge_ja import JapaneseRouge
+from tasks import TASKS
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int
+    num_beams: int
+    repetition_penalty: float
+    do_sample: bool
+    seed: int
+    batch_size: int
+
+    def check(self, task: str) -> None:
+        for key in ("max_new_tokens", "num_beams", "batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{task}: {key} must be a positive integer, got {value!r}")
+        if not isinstance(self.repetition_penalty, (int, float)) or self.repetition_penalty <= 0:
+            raise ConfigError(f"{task}: repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+
+
+def check_prompt(task: str, prompt: str | None) -> None:
+    if prompt is None:
+        return
+    if not isinstance(prompt, str) or "{question}" not in prompt or "{image}" not in prompt:
+        raise ConfigError(
+            f"{task}: prompt must be a format string holding {{image}} and {{question}} (and "
+            f"optionally {{system}}), e.g. '[INST] {{system}}\\n{{image}}\\n{{question}} [/INST]'; got {prompt!r}"
+        )
+
+
+def check_samples(task: str, key: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigError(f"{task}: {key} must be a positive integer or null (all), got {value!r}")
+
+
+def render_prompt(processor, question: str, system_prompt: str | None, prompt: str | None) -> str:
+    """The text for one question: ``prompt`` formatted, or the processor's chat template.
+
+    The chat gets a system turn (when ``system_prompt`` is set) and a user turn holding the
+    image and the question; the template places the image token.
+    """
+    image_token = getattr(processor, "image_token", None) or "<image>"
+    if prompt is not None:
+        return prompt.format(system=system_prompt or "", image=image_token, question=question)
+    if not getattr(processor, "chat_template", None):
+        raise ConfigError(
+            "the processor has no chat template; set the task's prompt, e.g. "
+            "'[INST] {system}\\n{image}\\n{question} [/INST]'"
+        )
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append(
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    )
+    try:
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # jinja raises TemplateError (e.g. a template without a system role)
+        raise ConfigError(
+            f"the processor's chat template rejected the prompt ({e}); set the task's prompt to a "
+            "format string with {system}, {image} and {question}"
+        ) from None
+
+
+def generate_answers(
+    handle: VLMHandle,
+    items: list[VQAItem],
+    settings: GenerationSettings,
+    system_prompt: str | None,
+    prompt: str | None,
+) -> list[str]:
+    """The model's answer to every item, in order (new text only, special tokens stripped)."""
+    model, processor = handle.model, handle.processor
+    tokenizer = processor.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ConfigError("the processor's tokenizer has neither a pad nor an eos token")
+    if tokenizer.pad_token_id is None and settings.batch_size > 1:
+        raise ConfigError("the processor's tokenizer has no pad token; set batch_size to 1 or give it one")
+    eos = model.generation_config.eos_token_id
+    config = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        num_beams=settings.num_beams,
+        repetition_penalty=float(settings.repetition_penalty),
+        do_sample=settings.do_sample,
+        pad_token_id=pad_id,
+        eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
+    )
+    texts = [render_prompt(processor, it.question, system_prompt, prompt) for it in items]
+    # Similar lengths share a batch, which keeps left padding (and its float noise) small.
+    order = sorted(range(len(items)), key=lambda i: len(texts[i]))
+    answers = [""] * len(items)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            torch.manual_seed(settings.seed)
+            for start in range(0, len(order), settings.batch_size):
+                idx = order[start : start + settings.batch_size]
+                inputs = processor(
+                    images=[items[i].load_image() for i in idx],
+                    text=[texts[i] for i in idx],
+                    return_tensors="pt",
+                    padding=True,
+                    padding_side="left",  # generation appends on the right
+                )
+                # input_ids / attention_mask [batch, width]; pixel_values [batch, (patches,) 3, H, W]
+                inputs = {
+                    k: v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device)
+                    for k, v in inputs.items()
+                }
+                out = model.generate(**inputs, generation_config=config)
+                new_tokens = out[:, inputs["input_ids"].shape[1] :]
+                for i, text in zip(idx, processor.batch_decode(new_tokens, skip_special_tokens=True)):
+                    answers[i] = text.strip()
+    finally:
+        model.train(was_training)
+    return answers
+
+
+class VQAScoring:
+    """Scores answers; remembers the last split's per-item records for inspection."""
+
+    def __init__(self, lang_id_model: str | None):
+        self.lang_id_model = lang_id_model
+        self._scorer: JapaneseRouge | None = None
+        self.last_records: list[dict[str, Any]] = []
+
+    def scorer(self) -> JapaneseRouge:
+        if self._scorer is None:
+            self._scorer = JapaneseRouge(self.lang_id_model)
+        return self._scorer
+
+    def score(self, items: list[VQAItem], answers: list[str]) -> dict[str, float]:
+        scorer = self.scorer()
+        metrics = scorer.score_all(answers, [it.answer for it in items])
+        self.last_records = [
+            {"id": it.id, "question": it.question, "answer": it.answer, "prediction": a}
+            for it, a in zip(items, answers)
+        ]
+        return {"fitness": metrics["rouge_l"], **metrics}
+
+
+@TASKS.register("ja_vg_vqa")
+class JaVGVQATask:
+    """JA-VG-VQA-500: fitness on ``train``, held-out ``test``; fitness = mean ROUGE-L (MeCab)."""
+
+    name = "ja_vg_vqa"
+    modality = "vlm"
+    fitness_split = "train"
+    heldout_split = "test"
+    layout = "ja_vg_vqa"
+
+    def __init__(
+        self,
+        dataset: str = "SakanaAI/JA-VG-VQA-500",
+        fitness_samples: int | None = 100,
+        heldout_samples: int | None = None,
+        seed: int = 0,
+        batch_size: int = 4,
+        system_prompt: str | None = JA_SYSTEM_PROMPT,
+        prompt: str | None = None,
+        max_new_tokens: int = 512,
+        num_beams: int = 5,
+        repetition_penalty: float = 1.5,
+        do_sample: bool = False,
+        fitness_max_new_tokens: int | None = None,
+        fitness_num_beams: int | None = None,
+        fitness_repetition_penalty: float | None = None,
+        lang_id_model: str | None = None,
+    ):
+        if not isinstance(dataset, str) or not dataset:
+            raise ConfigError(f"{self.name}: dataset must be a hub id or a local folder, got {dataset!r}")
+        check_samples(self.name, "fitness_samples", fitness_samples)
+        check_samples(self.name, "heldout_samples", heldout_samples)
+        check_prompt(self.name, prompt)
+        self.dataset = dataset
+        self.samples = {self.fitness_split: fitness_samples, self.heldout_split: heldout_samples}
+        self.seed = seed
+        self.system_prompt = system_prompt
+        self.prompt = prompt
+        held = GenerationSettings(max_new_tokens, num_beams, repetition_penalty, do_sample, seed, batch_size)
+        fit = GenerationSettings(
+            max_new_tokens if fitness_max_new_tokens is None else fitness_max_new_tokens,
+            num_beams if fitness_num_beams is None else fitness_num_beams,
+            repetition_penalty if fitness_repetition_penalty is None else fitness_repetition_penalty,
+            do_sample, seed, batch_size,
+        )
+        held.check(self.name)
+        fit.check(self.name)
+        self.settings = {self.fitness_split: fit, self.heldout_split: held}
+        self.scoring = VQAScoring(lang_id_model)
+        self._items: dict[str, list[VQAItem]] = {}
+
+    def items(self, split: str) -> list[VQAItem]:
+        """The scored items of ``split`` (first QA per image; a seeded sample when *_samples is set)."""
+        if split not in self.samples:
+            raise ConfigError(
+                f"{self.name} has splits '{self.fitness_split}' (fitness) and "
+                f"'{self.heldout_split}' (held-out), not '{split}'"
+            )
+        if split not in self._items:
+            self._items[split] = load_vqa(self.dataset, split, self.layout, self.samples[split], self.seed)
+        return self._items[split]
+
+    def validate(self) -> None:
+        """Load both splits' records (fields checked), the scorer, and refuse shared images."""
+        self.scoring.scorer()
+        fit, held = self.items(self.fitness_split), self.items(self.heldout_split)
+        shared = {it.id for it in fit} & {it.id for it in held}
+        if shared:
+            raise ConfigError(
+                f"{self.name}: {len(shared)} image ids are in both '{self.fitness_split}' and "
+                f"'{self.heldout_split}' (e.g. {sorted(shared)[0]}); make the splits disjoint"
+            )
+
+    def evaluate(self, handle: VLMHandle, split: str) -> dict[str, float]:
+        items = self.items(split)
+        answers = generate_answers(handle, items, self.settings[split], self.system_prompt, self.prompt)
+        return self.scoring.score(items, answers)

@@ -1,0 +1,272 @@
+"""mgsm_ja: Japanese grade-school math, answered in Japanese (EvoLLM-JP's fitness and benchmark).
+
+The model gets a Japanese zero-shot prompt holding the question and writes a solution (greedy).
+A response counts when the last number in it equals the answer AND the response is Japanese
+(``evomm.text.japanese.is_japanese``), the paper's rule against models that solve the problem in
+English.
+
+Data:
+  * held-out split ``test``: MGSM's Japanese test set (hub ``juletxara/mgsm``, config ``ja``,
+    250 items, fields ``question`` and ``answer_number``), or a local JSONL file;
+  * fitness split ``fitness``: the paper used its Japanese translation of the other 1069 GSM8K
+    test problems (hub ``SakanaAI/gsm8k-ja-test_250-1319``, split ``test``), or a local JSONL file.
+Local JSONL records are ``{"question": ..., "answer": ...}`` (``answer_number`` is accepted too;
+a GSM8K-style answer "... #### 72" is read after the ``####``). The two splits must not share a
+question (compared after NFKC, lower-casing and removing whitespace): the task refuses to run
+otherwise. Hub datasets are loaded lazily, on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any, Sequence
+
+from evomm.adapters.base import LLMHandle
+from evomm.errors import ConfigError
+from evomm.generation import generate_texts
+from evomm.text.japanese import is_japanese
+from tasks import TASKS
+
+DEFAULT_TEMPLATE = (
+    "以下は算数の文章題です。日本語で一歩ずつ考えて解き、最後に答えの数値を書いてください。\n\n"
+    "### 問題:\n{question}\n\n### 解答:\n"
+)
+
+# A number: optional sign (a "-" right after a digit is a dash, as in "3-5", not a sign),
+# digits with optional thousands commas, optional decimals. Applied after NFKC.
+_NUMBER = re.compile(r"(?:(?<!\d)-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-"})
+
+
+def normalise_text(text: str) -> str:
+    """NFKC (full-width digits and commas become ASCII) with minus-sign variants as '-'."""
+    return unicodedata.normalize("NFKC", text).translate(_MINUS_SIGNS)
+
+
+def extract_answer(response: str) -> float | None:
+    """The last number in ``response`` (commas dropped, full-width digits read), or None."""
+    matches = _NUMBER.findall(normalise_text(response))
+    if not matches:
+        return None
+    return float(matches[-1].replace(",", ""))
+
+
+def same_number(a: float | None, b: float) -> bool:
+    return a is not None and math.isclose(a, b, rel_tol=0.0, abs_tol=1e-6)
+
+
+def is_correct(response: str, answer: float) -> bool:
+    """Right last number AND a Japanese response."""
+    return same_number(extract_answer(response), answer) and is_japanese(response)
+
+
+def question_key(question: str) -> str:
+    """What two questions must differ in to count as different (overlap check)."""
+    return "".join(unicodedata.normalize("NFKC", question).lower().split())
+
+
+def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """Cut a response where the model starts a new prompt section (e.g. '### 問題')."""
+    cut = len(text)
+    for stop in stop_strings:
+        at = text.find(stop)
+        if at >= 0:
+            cut = min(cut, at)
+    return text[:cut]
+
+
+def _parse_answer(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: the answer must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value)
+    if "####" in text:  # GSM8K-style worked answer
+        text = text.rsplit("####", 1)[1]
+    number = extract_answer(text)
+    if number is None:
+        raise ConfigError(f"{where}: the answer {value!r} holds no number")
+    return number
+
+
+def _record(raw: Any, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected an object with 'question' and 'answer'")
+    if not isinstance(raw.get("question"), str) or not raw["question"].strip():
+        raise ConfigError(f"{where}: missing or empty field 'question'")
+    if raw.get("answer_number") is not None:
+        answer = _parse_answer(raw["answer_number"], where)
+    elif raw.get("answer") is not None:
+        answer = _parse_answer(raw["answer"], where)
+    else:
+        raise ConfigError(f"{where}: missing field 'answer' (or 'answer_number')")
+    return {"question": raw["question"].strip(), "answer": answer}
+
+
+def _looks_local(source: str) -> bool:
+    return (source.endswith((".jsonl", ".json")) or source.startswith(("/", ".", "~"))
+            or Path(source).expanduser().exists())
+
+
+def load_records(source: str, *, config: str | None, split: str, what: str) -> list[dict[str, Any]]:
+    """Records {question, answer: float} from a local JSONL file or a hub dataset."""
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"mgsm_ja: {what}_dataset must be a hub id or a JSONL path, got {source!r}")
+    if _looks_local(source):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"mgsm_ja: {what}_dataset {path} is not a file (give a JSONL file "
+                              "of {\"question\", \"answer\"} records or a hub dataset id)")
+        records = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from None
+            records.append(_record(raw, f"{path}, line {lineno}"))
+    else:
+        import datasets  # imported here: loading it is slow and only hub data needs it
+
+        try:
+            data = datasets.load_dataset(source, name=config, split=split)
+        except Exception as err:  # offline, unknown id, unknown config/split: all user-fixable
+            raise ConfigError(
+                f"mgsm_ja: could not load the {what} dataset {source!r} (config {config!r}, split "
+                f"{split!r}) from the Hugging Face hub ({type(err).__name__}: {err}); check the id "
+                "and the network, or give a local JSONL file of {\"question\", \"answer\"} records"
+            ) from None
+        records = [_record(dict(row), f"{source} row {i}") for i, row in enumerate(data)]
+    if not records:
+        raise ConfigError(f"mgsm_ja: the {what} dataset {source!r} holds no records")
+    return records
+
+
+@TASKS.register("mgsm_ja")
+class MGSMJaTask:
+    """Japanese math word problems; fitness = accuracy (right number and Japanese)."""
+
+    name = "mgsm_ja"
+    modality = "llm"
+    fitness_split = "fitness"
+    heldout_split = "test"
+
+    def __init__(
+        self,
+        heldout_dataset: str = "juletxara/mgsm",
+        heldout_config: str | None = "ja",
+        heldout_hub_split: str = "test",
+        fitness_dataset: str = "SakanaAI/gsm8k-ja-test_250-1319",
+        fitness_config: str | None = None,
+        fitness_hub_split: str = "test",
+        fitness_samples: int | None = None,
+        heldout_samples: int | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+        max_new_tokens: int = 1024,
+        num_beams: int = 1,
+        prompt_template: str | None = None,
+        stop_strings: Sequence[str] | None = ("###",),
+    ):
+        for key, value in (("fitness_samples", fitness_samples), ("heldout_samples", heldout_samples)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"mgsm_ja: {key} must be a positive integer or null (all), got {value!r}")
+        for key, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
+                           ("num_beams", num_beams)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"mgsm_ja: {key} must be a positive integer, got {value!r}")
+        prompt_template = DEFAULT_TEMPLATE if prompt_template is None else prompt_template
+        if not isinstance(prompt_template, str) or "{question}" not in prompt_template:
+            raise ConfigError("mgsm_ja: prompt_template must contain '{question}' where the question goes")
+        self.sources = {
+            self.fitness_split: (fitness_dataset, fitness_config, fitness_hub_split, fitness_samples),
+            self.heldout_split: (heldout_dataset, heldout_config, heldout_hub_split, heldout_samples),
+        }
+        self.seed = seed
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
+        self.prompt_template = prompt_template
+        self.stop_strings = list(stop_strings or [])
+        self._all: dict[str, list[dict[str, Any]]] = {}
+        self._items: dict[str, list[dict[str, Any]]] = {}
+        self.last_responses: list[str] = []
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.sources:
+            raise ConfigError(
+                f"mgsm_ja has splits '{self.fitness_split}' and '{self.heldout_split}', not '{split}'"
+            )
+
+    def _records(self, split: str) -> list[dict[str, Any]]:
+        if split not in self._all:
+            source, config, hub_split, _ = self.sources[split]
+            what = "fitness" if split == self.fitness_split else "heldout"
+            self._all[split] = load_records(source, config=config, split=hub_split, what=what)
+        return self._all[split]
+
+    def validate(self) -> None:
+        """Load both splits and refuse questions that appear in both."""
+        fit = {question_key(r["question"]): r["question"] for r in self._records(self.fitness_split)}
+        held = {question_key(r["question"]) for r in self._records(self.heldout_split)}
+        shared = sorted(k for k in fit if k in held)
+        if shared:
+            raise ConfigError(
+                f"mgsm_ja: {len(shared)} question(s) of the fitness data are also in the held-out "
+                f"data (e.g. {fit[shared[0]]!r}); give a fitness_dataset disjoint from the held-out set"
+            )
+
+    def items(self, split: str) -> list[dict[str, Any]]:
+        """The scored items of ``split``: a seeded sample (in dataset order) of at most *_samples."""
+        self._check_split(split)
+        if split not in self._items:
+            self.validate()  # never score anything while the splits overlap
+            records = self._records(split)
+            n = self.sources[split][3]
+            if n is not None and n < len(records):
+                keep = sorted(random.Random(self.seed).sample(range(len(records)), n))
+                records = [records[i] for i in keep]
+            self._items[split] = records
+        return self._items[split]
+
+    def prompt(self, question: str) -> str:
+        return self.prompt_template.replace("{question}", question)
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def responses(self, handle: LLMHandle, split: str) -> list[str]:
+        prompts = [self.prompt(r["question"]) for r in self.items(split)]
+        texts = generate_texts(handle.model, handle.tokenizer, prompts,
+                               max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                               num_beams=self.num_beams)
+        return [truncate_at_stop(t, self.stop_strings) for t in texts]
+
+    @staticmethod
+    def score(responses: list[str], records: list[dict[str, Any]]) -> dict[str, float]:
+        if len(responses) != len(records):
+            raise ValueError(f"{len(responses)} responses for {len(records)} records")
+        n = len(records)
+        right_number = [same_number(extract_answer(r), rec["answer"]) for r, rec in zip(responses, records)]
+        japanese = [is_japanese(r) for r in responses]
+        correct = sum(a and b for a, b in zip(right_number, japanese))
+        accuracy = correct / n
+        return {
+            "fitness": accuracy,
+            "accuracy": accuracy,
+            "answer_accuracy": sum(right_number) / n,  # right number, any language
+            "japanese_rate": sum(japanese) / n,
+            "n": float(n),
+        }
+
+    def evaluate(self, handle: LLMHandle, split: str) -> dict[str, float]:
+        records = self.items(split)
+        self.last_responses = self.responses(handle, split)
+        return self.score(self.last_responses, records)
