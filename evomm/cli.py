@@ -48,20 +48,16 @@ def read_recipe(path: Path):
 
 def merge_to_dir(recipe, out_dir: Path, device: str | None = None) -> Path:
     """Load the recipe's sources, write its merge into the target, save it in standard format."""
-    from evomm.adapters import build_adapter
-    from evomm.merging.engine import materialize
+    from evomm.adapters import adapter_for_recipe
+    from evomm.adapters.base import apply_recipe
     from evomm.merging.methods import get_method
 
     spec = get_method(recipe.method)
-    options = dict(recipe.adapter_options)
-    if device is not None:
-        options["device"] = device
-    if recipe.adapter == "llm":
-        options.setdefault("require_tokenizer", False)
     if spec.needs_base and recipe.base is None:
         raise ConfigError(f"merge method '{spec.name}' needs a base model (base_model / base)")
-    adapter = build_adapter(recipe.adapter, models=list(recipe.models), base=recipe.base, **options)
-    materialize(adapter.slots(), recipe)
+    overrides = {"require_tokenizer": recipe.adapter_options.get("require_tokenizer", False)} if recipe.adapter == "llm" else {}
+    adapter = adapter_for_recipe(recipe, device=device, **overrides)
+    apply_recipe(adapter, recipe)
     adapter.save_merged(Path(out_dir))
     return Path(out_dir)
 

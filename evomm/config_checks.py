@@ -7,6 +7,7 @@ check raises ConfigError with a message that names the key and says what to chan
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from evomm.adapters import adapter_names
@@ -44,6 +45,49 @@ def validate_config(c: dict) -> None:
     if task.get("name") not in task_names():
         raise UnknownNameError(f"unknown task '{task.get('name')}'; known tasks: {', '.join(task_names())}")
     OPTIMIZERS.get(opt.get("name"))
+    if merge.get("method") in ("dfs", "ps_dfs"):
+        _validate_routing(c)
+    else:
+        _validate_parameter_space(c)
+    _validate_budget(c)
+    _validate_final_eval(c)
+
+
+def _validate_routing(c: dict) -> None:
+    adapter, merge = c["adapter"], c["merge"]
+    if adapter.get("name") not in ("llm", "vlm"):
+        raise ConfigError(f"merge={merge['method']} routes through decoder stacks: use adapter=llm or adapter=vlm")
+    models = adapter.get("models")
+    if not isinstance(models, list) or not models or models == "???":
+        raise ConfigError("adapter.models must list the models to route through (model A first for dfs)")
+    for ref in models:
+        check_ref(ref)
+    if merge["method"] == "dfs" and len(models) < 2:
+        raise ConfigError("merge=dfs routes between models: adapter.models needs model A and at least one more")
+    if merge["method"] == "ps_dfs":
+        ps = merge.get("ps_recipe")
+        if ps == "???":
+            raise ConfigError("merge.ps_recipe is not set: give the best_recipe.yaml of a parameter-space run (model A)")
+        if ps is not None and not Path(ps).is_file():
+            raise ConfigError(f"merge.ps_recipe {ps} does not exist: give the best_recipe.yaml of a parameter-space run")
+        if ps is None:
+            fallback = merge.get("ps_fallback") or {}
+            spec = get_method(fallback.get("method"))
+            if spec.needs_base and adapter.get("base") is None:
+                raise ConfigError(f"merge.ps_fallback uses '{spec.name}', which needs adapter.base")
+    for ref in merge.get("route_models") or []:
+        check_ref(ref)
+    _int(merge.get("repeats"), "merge.repeats", 1)
+    w_range = merge.get("w_range")
+    if not (isinstance(w_range, list) and len(w_range) == 2):
+        raise ConfigError(f"merge.w_range must be [low, high], got {w_range!r}")
+    low, high = (_number(v, "merge.w_range") for v in w_range)
+    if not low <= 1.0 <= high:
+        raise ConfigError(f"merge.w_range must contain 1.0 (no scaling), got {w_range}")
+
+
+def _validate_parameter_space(c: dict) -> None:
+    adapter, merge = c["adapter"], c["merge"]
     spec = get_method(merge.get("method"))
 
     models = adapter.get("models")
@@ -89,6 +133,9 @@ def validate_config(c: dict) -> None:
             f"its parameters: {', '.join(sorted(known_params))}"
         )
 
+
+def _validate_budget(c: dict) -> None:
+    opt = c["optimizer"]
     if opt.get("popsize") is not None:
         _int(opt["popsize"], "optimizer.popsize", 2)
     _int(opt.get("generations"), "optimizer.generations", 0)
@@ -98,6 +145,8 @@ def validate_config(c: dict) -> None:
         _int(opt["max_evals"], "optimizer.max_evals", 1)
     _int(c.get("seed", 0), "seed", 0)
 
+
+def _validate_final_eval(c: dict) -> None:
     extra_tasks = (c.get("final_eval") or {}).get("extra_tasks") or {}
     if not isinstance(extra_tasks, dict):
         raise ConfigError("final_eval.extra_tasks must map task names to their options")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from evomm.merging.engine import materialize, write_source
+from evomm.adapters.base import apply_recipe, show_source
 from evomm.merging.methods import get_method
 from evomm.merging.recipe import Entry, Recipe, per_source_params
 from evomm.tracking.history import json_safe
@@ -55,15 +55,15 @@ def final_evaluation(
     for every model; their metrics join the row as ``<name>/<metric>``.
     """
     split = task.heldout_split
-    slots = adapter.slots()
     rows: list[dict] = []
 
-    def score(name: str, kind: str, detail: str) -> None:
+    def score(name: str, kind: str, detail: str, handle: Any = None) -> None:
         start = time.perf_counter()
+        handle = handle if handle is not None else adapter.handle()
         try:
-            metrics = {k: float(v) for k, v in task.evaluate(adapter.handle(), split).items()}
+            metrics = {k: float(v) for k, v in task.evaluate(handle, split).items()}
             for extra_name, extra in (extra_tasks or {}).items():
-                scores = extra.evaluate(adapter.handle(), extra.heldout_split)
+                scores = extra.evaluate(handle, extra.heldout_split)
                 metrics.update({f"{extra_name}/{k}": float(v) for k, v in scores.items()})
             error = None
         except Exception as e:  # noqa: BLE001 - one failing comparison must not lose the others
@@ -75,17 +75,20 @@ def final_evaluation(
         log(f"  {kind:8s} {name:32s} fitness {metrics['fitness']:.4f}  ({time.perf_counter() - start:.1f}s)")
 
     log(f"final evaluation on the held-out split '{split}':")
-    materialize(slots, best)
-    score("evolved", "evolved", f"{best.method}, {len(best.entries)} parameter set(s)")
+    apply_recipe(adapter, best)
+    detail = "route of " + str(len(best.route["steps"])) + " layers" if best.route else f"{best.method}, {len(best.entries)} parameter set(s)"
+    score("evolved", "evolved", detail)
     after_evolved()
 
     if include_sources:
         for i, ref in enumerate(adapter.source_names):
-            write_source(slots, i)
+            show_source(adapter, i)
             score(short_name(ref), "source", ref)
         if adapter.base_name is not None:
-            write_source(slots, None)
+            show_source(adapter, None)
             score(short_name(adapter.base_name) + " (base)", "source", adapter.base_name)
+        for ref, handle in getattr(adapter, "standalone", lambda: [])():
+            score(short_name(ref), "source", ref, handle=handle)
 
     for method, params in baselines.items():
         spec = get_method(method)
@@ -96,7 +99,7 @@ def final_evaluation(
             log(f"  skipping baseline {method}: it takes {spec.exact_sources} source(s)")
             continue
         described = ", ".join(f"{k}={v}" for k, v in params.items())
-        materialize(slots, baseline_recipe(best, method, dict(params)))
+        apply_recipe(adapter, baseline_recipe(best, method, dict(params)))
         score(method, "baseline", described)
     return rows
 

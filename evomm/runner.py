@@ -14,22 +14,29 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from evomm.adapters import build_adapter
+from evomm.adapters import adapter_for_recipe, build_adapter
+from evomm.adapters.base import apply_recipe
+from evomm.adapters.routed import RoutedAdapter
 from evomm.cli import quiet_libraries
 from evomm.config_checks import validate_config
 from evomm.errors import ConfigError
-from evomm.evaluation import final_evaluation, results_markdown, write_results
+from evomm.evaluation import baseline_recipe, final_evaluation, results_markdown, write_results
 from evomm.evolution import checkpoint
 from evomm.evolution.checkpoint import SearchState
 from evomm.evolution.loop import Problem, search
 from evomm.evolution.optimizers import build_optimizer
-from evomm.merging.recipe import Recipe
+from evomm.merging.recipe import Entry, Recipe
+from evomm.merging.route_space import RouteSpace, route_of
 from evomm.merging.space import SearchSpace, build_units
+from evomm.tracking.route_plot import plot_route
 from evomm.tracking.history import HistoryWriter
 from evomm.tracking.plots import plot_fitness
 from evomm.tracking.progress import Progress
 from evomm.tracking.wandb_logger import NullLogger, WandbLogger
 from tasks import build_task, validate_for_evaluation
+
+
+ROUTING_METHODS = ("dfs", "ps_dfs")
 
 
 def _options(section: dict, *drop: str) -> dict:
@@ -79,6 +86,53 @@ def build_space(merge: dict, adapter: Any, seed: int, adapter_options: dict) -> 
     )
     bounds = {k: tuple(v) for k, v in (merge.get("bounds") or {}).items()}
     return SearchSpace(template=template, units=units, evolve=list(merge.get("evolve") or []), bounds=bounds)
+
+
+def build_search(c: dict) -> tuple[Any, SearchSpace | RouteSpace]:
+    """Load the models and build the search space the merge config asks for.
+
+    Parameter-space methods search recipe parameters over the adapter's sources. ``dfs``
+    routes through ``adapter.models`` (model A first); ``ps_dfs`` routes a finished PS run's
+    merged model (``merge.ps_recipe``, model A) through ``adapter.models`` (model B, ...).
+    """
+    merge, a = c["merge"], c["adapter"]
+    recipe_options = _options(a, "name", "models", "base", "device")
+    if merge["method"] not in ROUTING_METHODS:
+        adapter = build_adapter(a["name"], **_options(a, "name"))
+        return adapter, build_space(merge, adapter, c["seed"], recipe_options)
+
+    if merge["method"] == "dfs":
+        inner = build_adapter(a["name"], **{**_options(a, "name", "models", "base"), "models": a["models"][:1]})
+        template = Recipe(
+            adapter=inner.name, method="linear", models=list(inner.source_names),
+            entries=[Entry(params={"weight": [1.0]})],  # model A itself, exactly
+            seed=c["seed"], adapter_options=recipe_options, notes=dict(inner.notes()),
+        )
+        ps_recipe, route_models = None, a["models"][1:]
+    else:
+        if merge.get("ps_recipe"):
+            ps_recipe = Recipe.load(merge["ps_recipe"])
+            ps_recipe.route = None
+        else:  # no PS run given: model A is a hand-set merge of adapter.models (smoke runs, ablations)
+            fallback = dict(merge["ps_fallback"])
+            method = fallback.pop("method")
+            sources = Recipe(adapter=a["name"], method=method, models=list(a["models"]), base=a.get("base"),
+                             seed=c["seed"], adapter_options=recipe_options)
+            ps_recipe = baseline_recipe(sources, method, fallback)
+        inner = adapter_for_recipe(ps_recipe, device=a.get("device"))
+        ps_recipe.models, ps_recipe.base = list(inner.source_names), inner.base_name  # record paths
+        template = ps_recipe.copy()
+        route_models = merge.get("route_models") or a["models"][:1]
+    adapter = RoutedAdapter(inner, route_models, ps_recipe=ps_recipe)
+    space = RouteSpace(
+        template=template,
+        route_models=adapter.route_models,
+        layer_counts=adapter.layer_counts,
+        repeats=merge["repeats"],
+        w_range=tuple(merge["w_range"]),
+        x0_margin=merge.get("x0_margin", 0.25),
+    )
+    return adapter, space
 
 
 def build_logger(c: dict, run_dir: Path):
@@ -136,13 +190,13 @@ def run(cfg: DictConfig | dict) -> dict:
         validate_for_evaluation(extra_task)
 
     t0 = time.perf_counter()
-    adapter = build_adapter(c["adapter"]["name"], **_options(c["adapter"], "name"))
+    adapter, space = build_search(c)
     load_seconds = time.perf_counter() - t0
-    space = build_space(c["merge"], adapter, c["seed"], _options(c["adapter"], "name", "models", "base", "device"))
     opt = c["optimizer"]
-    optimizer = build_optimizer(
-        opt["name"], dim=space.dim, seed=c["seed"], **_options(opt, "name", "generations")
-    )
+    opt_options = _options(opt, "name", "generations")
+    if isinstance(space, RouteSpace):  # the search starts from model A alone, not from x = 0.5
+        opt_options["x0"] = space.x0()
+    optimizer = build_optimizer(opt["name"], dim=space.dim, seed=c["seed"], **opt_options)
     generations = int(opt["generations"])
 
     fp = search_fingerprint(c)
@@ -200,6 +254,9 @@ def run(cfg: DictConfig | dict) -> dict:
     best = space.decode(x_best)
     best.save(run_dir / "best_recipe.yaml")
     plot_fitness(state.history, run_dir / "fitness.png", title=f"{c.get('experiment_name') or 'search'}: fitness")
+    if best.route:
+        plot_route(route_of(best), run_dir / "route.png", source_names=["A", *best.route["models"]])
+        logger.log_image("route", run_dir / "route.png")
 
     rows: list[dict] = []
     final = c.get("final_eval") or {}
@@ -226,9 +283,7 @@ def run(cfg: DictConfig | dict) -> dict:
         write_results(rows, run_dir, extra)
         logger.log_table("results", [{"name": r["name"], "kind": r["kind"], **r["metrics"]} for r in rows])
     else:
-        from evomm.merging.engine import materialize
-
-        materialize(adapter.slots(), best)
+        apply_recipe(adapter, best)
         after_evolved()
 
     logger.log_candidates(_candidate_rows(state.history))

@@ -12,7 +12,7 @@ import torch
 
 from evomm.evolution.checkpoint import SearchState
 from evomm.evolution.optimizers import Optimizer
-from evomm.merging.engine import materialize
+from evomm.adapters.base import apply_recipe
 from evomm.merging.space import SearchSpace
 
 
@@ -24,7 +24,7 @@ class SearchFailed(RuntimeError):
 class Problem:
     """Everything one candidate evaluation needs: x -> recipe -> model -> score."""
 
-    space: SearchSpace
+    space: Any  # SearchSpace or RouteSpace: decode(x) -> Recipe
     adapter: Any
     task: Any
     split: str
@@ -34,7 +34,7 @@ class Problem:
         start = time.perf_counter()
         entry: dict[str, Any] = {"params": self.space.describe(x), "x": [float(v) for v in x]}
         try:
-            materialize(self.adapter.slots(), self.space.decode(x))
+            apply_recipe(self.adapter, self.space.decode(x))
             metrics = {k: float(v) for k, v in self.task.evaluate(self.adapter.handle(), self.split).items()}
             if not math.isfinite(metrics["fitness"]):
                 raise FloatingPointError(f"fitness is {metrics['fitness']}")
