@@ -265,6 +265,10 @@ def run(cfg: DictConfig | dict) -> dict:
     def after_evolved() -> None:
         if c.get("save_merged", True):
             adapter.save_merged(merged_dir)
+        save_images = getattr(task, "save_images", None)  # image tasks: a grid of the evolved model's samples
+        if save_images is not None:
+            grid = save_images(adapter.handle(), task.heldout_split, run_dir)
+            logger.log_image("samples", grid, caption="evolved, held-out prompts")
 
     if final.get("enabled", True):
         rows = final_evaluation(

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Set before anything imports huggingface_hub / wandb, which read these at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -14,6 +15,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tiny models run faster on one thread than on two busy cores (thread start-up dominates).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
