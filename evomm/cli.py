@@ -50,11 +50,9 @@ def merge_to_dir(recipe, out_dir: Path, device: str | None = None) -> Path:
     """Load the recipe's sources, write its merge into the target, save it in standard format."""
     from evomm.adapters import adapter_for_recipe
     from evomm.adapters.base import apply_recipe
-    from evomm.merging.methods import get_method
+    from evomm.merging.recipe import check_recipe
 
-    spec = get_method(recipe.method)
-    if spec.needs_base and recipe.base is None:
-        raise ConfigError(f"merge method '{spec.name}' needs a base model (base_model / base)")
+    check_recipe(recipe)  # every mistake surfaces here, before any model loads
     overrides = {"require_tokenizer": recipe.adapter_options.get("require_tokenizer", False)} if recipe.adapter == "llm" else {}
     adapter = adapter_for_recipe(recipe, device=device, **overrides)
     apply_recipe(adapter, recipe)

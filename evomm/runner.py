@@ -244,7 +244,15 @@ def run(cfg: DictConfig | dict) -> dict:
             problem, optimizer, state, generations, on_candidate=history.append, on_generation=on_generation
         )
     except KeyboardInterrupt:
-        progress.print("interrupted: the checkpoint holds every finished generation; rerun with resume=true")
+        # Keep what is finished: the checkpoint already holds every completed generation; the
+        # best recipe and the plot so far are written too. The generation in flight is redone.
+        if state.best is not None:
+            space.decode(state.best["x"]).save(run_dir / "best_recipe.yaml")
+            plot_fitness(state.history, run_dir / "fitness.png")
+        progress.print(
+            f"interrupted after {state.generation} generation(s): best_recipe.yaml and the checkpoint are in "
+            f"{run_dir}; continue with resume=true hydra.run.dir={run_dir}"
+        )
         logger.log_candidates(_candidate_rows(state.history))
         logger.finish()
         raise

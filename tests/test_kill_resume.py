@@ -50,3 +50,18 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert "resumed at generation" in out
     assert without_seconds(read_history(history)) == without_seconds(read_history(tmp_path / "full" / "history.jsonl"))
     assert (killed_dir / "best_recipe.yaml").read_text() == (tmp_path / "full" / "best_recipe.yaml").read_text()
+
+
+def test_ctrl_c_keeps_the_finished_generations(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    proc = train(run_dir)
+    history = run_dir / "history.jsonl"
+    deadline = time.time() + 240
+    while lines(history) <= 9 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "interrupted after" in out and "resume=true" in out
+    assert (run_dir / "best_recipe.yaml").exists() and (run_dir / "checkpoint.pkl").exists()

@@ -197,3 +197,65 @@ def evaluate_setting(setting: Any, tensor_name: str, t: float) -> Any:
         f"cannot read parameter value {setting!r}: use a number, a list of numbers "
         "(interpolated over layers) or a list of {filter, value} conditions"
     )
+
+
+def _leaves(setting: Any) -> list[Any]:
+    """Every plain value inside a mergekit setting (gradients and {filter, value} conditions)."""
+    if isinstance(setting, list):
+        return [leaf for item in setting for leaf in _leaves(item)]
+    if isinstance(setting, dict):
+        if "value" not in setting:
+            raise ConfigError(f"a {{filter, value}} condition has no 'value': {setting}")
+        return _leaves(setting["value"])
+    return [setting]
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Validate a whole recipe before any model loads: names, counts and every parameter value."""
+    from evomm.adapters import adapter_names
+    from evomm.errors import UnknownNameError
+    from evomm.merging.methods import get_method
+
+    if recipe.adapter not in adapter_names():
+        raise UnknownNameError(f"unknown adapter '{recipe.adapter}'; known adapters: {', '.join(adapter_names())}")
+    if not isinstance(recipe.method, str):
+        raise ConfigError(f"recipe key 'method' must be a merge method name, got {recipe.method!r}")
+    spec = get_method(recipe.method)
+    if recipe.base is not None and not isinstance(recipe.base, str):
+        raise ConfigError(f"recipe key 'base' must be a hub id or path, got {recipe.base!r}")
+    if spec.needs_base and recipe.base is None:
+        raise ConfigError(f"merge method '{spec.name}' needs a base model: set 'base' (base_model in mergekit)")
+    if recipe.dtype not in (None, "float32", "float16", "bfloat16"):
+        raise ConfigError(f"recipe key 'dtype' must be float32, float16 or bfloat16, got {recipe.dtype!r}")
+    for key in ("adapter_options", "notes"):
+        if not isinstance(getattr(recipe, key), dict):
+            raise ConfigError(f"recipe key '{key}' must be a mapping")
+    n = len(recipe.models)
+    known = {**spec.tensor_params, **spec.global_params}
+    # check_params also insists on required parameters; fill those so one key is checked at a time
+    filler = {k: [1.0] * n for k, default in spec.tensor_params.items() if default is None}
+
+    def check(params: dict[str, Any], where: str) -> None:
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: method '{spec.name}' does not take {unknown}; known: {sorted(known)}")
+        for key, setting in params.items():
+            if key in spec.tensor_params:
+                if not isinstance(setting, list) or len(setting) != n:
+                    raise ConfigError(f"{where}: '{key}' needs a list of one value per model ({n}), got {setting!r}")
+                for value in (leaf for item in setting for leaf in _leaves(item)):
+                    spec.check_params({**filler, key: [value] * n}, n)
+            else:
+                for value in _leaves(setting):
+                    spec.check_params({**filler, key: value}, n)
+
+    check(recipe.method_params, "method_params")
+    for i, entry in enumerate(recipe.entries):
+        check(entry.params, f"entry {i}")
+    if recipe.route is not None:
+        from evomm.merging.route_space import route_of
+
+        route_of(recipe)
+        models = recipe.route.get("models")
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+            raise ConfigError("recipe route: 'models' must list the route models (model B, ...)")
