@@ -1,0 +1,63 @@
+"""Every validation rule fires before any model loads, with a message that says what to change."""
+
+import json
+
+import pytest
+
+import evomm
+from evomm.errors import ConfigError, UnknownNameError
+
+from conftest import compose
+
+NOT_LOADABLE = "adapter.models=[nobody/not-downloaded,nobody/also-not]"  # a load would raise ModelLoadError
+
+
+def run(tmp_path, *overrides):
+    return evomm.run(compose(["experiment=smoke_llm", f"run_dir={tmp_path / 'run'}", *overrides]))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["merge=dfs", "adapter=sdxl", "adapter.models=[a/b,c/d]"], "routes through decoder stacks"),
+        (["merge=dfs", "merge.repeats=0", NOT_LOADABLE], "merge.repeats must be >= 1"),
+        (["merge=dfs", "merge.w_range=[1.5,2.0]", NOT_LOADABLE], "must contain 1.0"),
+        (["merge=dfs", "adapter.models=[nobody/only-one]"], "needs model A and at least one more"),
+        (["merge.bounds.weight=[1.0,0.0]", NOT_LOADABLE], "low <= high"),
+        (["merge.group_size=0", NOT_LOADABLE], "merge.group_size must be >= 1"),
+        (["merge.granularity=block", NOT_LOADABLE], "unknown merge.granularity"),
+        (["optimizer.sigma0=0", NOT_LOADABLE], "sigma0 must be > 0"),
+        (["seed=-1", NOT_LOADABLE], "seed must be >= 0"),
+        (["adapter.base=null", NOT_LOADABLE], "needs adapter.base"),
+        (["merge=slerp", NOT_LOADABLE], "exactly 1 model"),
+        (["+final_eval.extra_tasks.chess={}", NOT_LOADABLE], "unknown task 'chess'"),
+        (["task.fitness_samples=0", NOT_LOADABLE], "fitness_samples must be a positive integer"),
+        (["+task.colour=red", NOT_LOADABLE], "does not take \\['colour'\\]"),
+    ],
+)
+def test_rule(tmp_path, overrides, message):
+    with pytest.raises((ConfigError, UnknownNameError), match=message):
+        run(tmp_path, *overrides)
+
+
+def test_dataset_record_missing_a_field_is_named(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fitness.jsonl").write_text(json.dumps({"question": "問: 1 たす 1 は?", "answer": "2"}) + "\n")
+    (data / "heldout.jsonl").write_text(json.dumps({"question": "問: 2 たす 2 は?"}) + "\n")
+    with pytest.raises(ConfigError, match=r"heldout.jsonl, line 1: missing field 'answer'"):
+        run(tmp_path, f"task.data_dir={data}", NOT_LOADABLE)
+
+
+def test_heldout_fitness_is_refused_unless_allowed(tmp_path):
+    with pytest.raises(ConfigError, match="allow_heldout_fitness"):
+        run(tmp_path, "task=ja_vlm_bench", "adapter=vlm", "task.dataset=builtin:tiny-vlm-bench",
+            "adapter.models=[builtin:tiny-llava,builtin:tiny-text-llm]", "adapter.base=builtin:tiny-text-base")
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pkl").write_bytes(b"not a pickle at all")
+    with pytest.raises(ConfigError, match="corrupt or not an evomm checkpoint"):
+        run(tmp_path, "resume=true")
