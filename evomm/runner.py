@@ -32,7 +32,8 @@ from evomm.merging.route_space import RouteSpace, route_of
 from evomm.merging.space import SearchSpace, build_units
 from evomm.tracking.route_plot import plot_route
 from evomm.tracking.history import HistoryWriter
-from evomm.tracking.plots import plot_fitness
+from evomm.tracking.model_card import write_model_card
+from evomm.tracking.plots import plot_fitness, plot_recipe_heatmap
 from evomm.tracking.progress import Progress
 from evomm.tracking.wandb_logger import NullLogger, WandbLogger
 from tasks import build_task, validate_for_evaluation
@@ -293,6 +294,9 @@ def run(cfg: DictConfig | dict) -> dict:
     best = space.decode(x_best)
     best.save(run_dir / "best_recipe.yaml")
     plot_fitness(state.history, run_dir / "fitness.png", title=f"{c.get('experiment_name') or 'search'}: fitness")
+    heatmap = plot_recipe_heatmap(best, run_dir / "recipe_heatmap.png")
+    if heatmap is not None:
+        logger.log_image("recipe_heatmap", heatmap)
     if best.route:
         plot_route(route_of(best), run_dir / "route.png", source_names=["A", *best.route["models"]])
         logger.log_image("route", run_dir / "route.png")
@@ -329,6 +333,8 @@ def run(cfg: DictConfig | dict) -> dict:
         apply_recipe(adapter, best)
         after_evolved()
 
+    if c.get("save_merged", True):
+        write_model_card(run_dir, best, rows, c)
     logger.log_candidates(_candidate_rows(state.history))
     logger.log_image("fitness", run_dir / "fitness.png")
     logger.log_artifact(run_dir / "best_recipe.yaml", name="best_recipe", kind="recipe")
@@ -339,7 +345,10 @@ def run(cfg: DictConfig | dict) -> dict:
 
     progress.print("")
     progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations")
-    progress.print(f"outputs in {run_dir}: best_recipe.yaml, history.jsonl, fitness.png, results.md, merged/")
+    progress.print(
+        f"outputs in {run_dir}: best_recipe.yaml, history.jsonl, fitness.png, recipe_heatmap.png, "
+        "results.md, merged/ (with its model card README.md)"
+    )
     if rows:
         progress.print("\n" + results_markdown(rows))
     return {"run_dir": run_dir, "best": state.best, "results": rows, "state": state}

@@ -67,7 +67,10 @@ class Recipe:
         merged: dict[str, Any] = {}
         per_source = per_source_params(self.method)
         for key, value in self.method_params.items():
-            merged[key] = evaluate_setting(value, tensor_name, t)
+            if isinstance(value, list) and key in per_source:
+                merged[key] = [evaluate_setting(v, tensor_name, t) for v in value]
+            else:
+                merged[key] = evaluate_setting(value, tensor_name, t)
         entry = self.entry_for(group, tensor_name)
         if entry is not None:
             for key, value in entry.params.items():
