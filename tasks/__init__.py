@@ -13,6 +13,7 @@ TASKS: Registry = Registry("task")
 # Task modules are imported lazily by name so that a text run never imports open_clip.
 _MODULES = {
     "toy_arith": "tasks.toy_arith",
+    "toy_skills": "tasks.toy_skills",
     "ja_vg_vqa": "tasks.ja_vg_vqa",
     "ja_vlm_bench": "tasks.ja_vlm_bench",
     "mgsm_ja": "tasks.mgsm_ja",
