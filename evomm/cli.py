@@ -1,6 +1,9 @@
 """The ``evomm`` command.
 
     evomm merge CONFIG OUT_DIR     rebuild a model from best_recipe.yaml, or merge a mergekit YAML
+    evomm report RUN_DIR...        summarise a run (or compare several) from its files; redraw plots
+    evomm export-mergekit RECIPE   write a text-LLM recipe as a mergekit YAML config
+    evomm push RUN_DIR REPO_ID     upload merged/ with its model card, recipe and results to the hub
 
 Mistakes in the input are reported on one line (``evomm: error: ...``, exit status 2), never
 as a traceback.
@@ -46,13 +49,21 @@ def read_recipe(path: Path):
     return Recipe.from_dict(data)
 
 
-def merge_to_dir(recipe, out_dir: Path, device: str | None = None) -> Path:
-    """Load the recipe's sources, write its merge into the target, save it in standard format."""
+def merge_to_dir(recipe, out_dir: Path, device: str | None = None, max_shard_size: str | int | None = None) -> Path:
+    """Build the recipe's model and save it in standard format.
+
+    Text-LLM recipes over local safetensors checkpoints are streamed tensor by tensor from disk
+    (``evomm.merging.streaming``: peak memory one tensor per source, sharded output); anything
+    else (hub ids, VLM/SDXL recipes, routes) loads the adapter, materialises and saves.
+    """
     from evomm.adapters import adapter_for_recipe
     from evomm.adapters.base import apply_recipe
     from evomm.merging.recipe import check_recipe
+    from evomm.merging.streaming import DEFAULT_MAX_SHARD, stream_merge, why_not_streamed
 
     check_recipe(recipe)  # every mistake surfaces here, before any model loads
+    if why_not_streamed(recipe) is None:
+        return stream_merge(recipe, Path(out_dir), device=device, max_shard_size=max_shard_size or DEFAULT_MAX_SHARD)
     overrides = {"require_tokenizer": recipe.adapter_options.get("require_tokenizer", False)} if recipe.adapter == "llm" else {}
     adapter = adapter_for_recipe(recipe, device=device, **overrides)
     apply_recipe(adapter, recipe)
@@ -62,8 +73,40 @@ def merge_to_dir(recipe, out_dir: Path, device: str | None = None) -> Path:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     recipe = read_recipe(Path(args.config))
-    out = merge_to_dir(recipe, Path(args.out_dir), device=args.device)
+    out = merge_to_dir(recipe, Path(args.out_dir), device=args.device, max_shard_size=args.max_shard_size)
     print(f"wrote {out} ({recipe.method} of {len(recipe.models)} model(s))")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evomm.tracking.report import report
+
+    print(report(args.run_dirs, plots=not args.no_plots), end="")
+    return 0
+
+
+def cmd_export_mergekit(args: argparse.Namespace) -> int:
+    from evomm.merging.mergekit_export import export_mergekit
+
+    text = export_mergekit(args.recipe, out=args.out)
+    if args.out is None:
+        print(text, end="")
+    else:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from evomm.hub import CARD, path_in_repo, push
+
+    files, url = push(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"would upload {len(files)} file(s) to {args.repo_id}:")
+        for f in files:
+            note = "  (written from the run directory)" if f.name == CARD and not f.exists() else ""
+            print(f"  {path_in_repo(args.run_dir, f)}  <- {f}{note}")
+    else:
+        print(f"uploaded {len(files)} file(s) to {url}")
     return 0
 
 
@@ -75,7 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="an evomm recipe (best_recipe.yaml) or a mergekit YAML")
     p.add_argument("out_dir", help="where to write the merged model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's, else auto)")
+    p.add_argument("--max-shard-size", default=None,
+                   help="largest weight file of a streamed merge, e.g. 5GB (default), 500MB")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("report", help="summarise run directories (no W&B needed) and redraw their plots")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run: a summary; several: a comparison table")
+    p.add_argument("--no-plots", action="store_true", help="do not redraw fitness.png / recipe_heatmap.png / route.png")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export-mergekit", help="write a text-LLM recipe as a mergekit YAML config")
+    p.add_argument("recipe", help="best_recipe.yaml, or the run directory that holds it")
+    p.add_argument("-o", "--out", default=None, help="output file (default: print to stdout)")
+    p.set_defaults(func=cmd_export_mergekit)
+
+    p = sub.add_parser("push", help="upload a run's merged model, card, recipe and results to the Hugging Face hub")
+    p.add_argument("run_dir", help="the run directory (it holds merged/ and best_recipe.yaml)")
+    p.add_argument("repo_id", help="OWNER/NAME on the hub (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="list the files that would go up; upload nothing")
+    p.set_defaults(func=cmd_push)
     return parser
 
 

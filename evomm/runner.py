@@ -23,7 +23,7 @@ from evomm.cli import quiet_libraries
 from evomm.config_checks import validate_config
 from evomm.errors import ConfigError
 from evomm.evaluation import baseline_recipe, final_evaluation, results_markdown, write_results
-from evomm.evolution import checkpoint
+from evomm.evolution import checkpoint, distributed
 from evomm.evolution.checkpoint import SearchState
 from evomm.evolution.loop import Problem, search
 from evomm.evolution.optimizers import build_optimizer
@@ -201,8 +201,10 @@ def run(cfg: DictConfig | dict) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     validate_config(c)
     quiet_libraries()
+    ranks = distributed.init_from_env()  # one process unless launched by torchrun / accelerate
     run_dir = resolve_run_dir(c)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(c["seed"])
 
     task = build_task(c["task"]["name"], **_options(c["task"], "name"))
@@ -224,6 +226,9 @@ def run(cfg: DictConfig | dict) -> dict:
     t0 = time.perf_counter()
     adapter, space = build_search(c)
     load_seconds = time.perf_counter() - t0
+    if not ranks.is_main:  # evaluate this rank's share of every population; rank 0 writes everything
+        distributed.serve(Problem(space=space, adapter=adapter, task=task, split=task.fitness_split), ranks)
+        return {"run_dir": run_dir, "best": None, "results": [], "state": None}
     opt = c["optimizer"]
     opt_options = _options(opt, "name", "generations")
     if isinstance(space, RouteSpace):  # the search starts from model A alone, not from x = 0.5
@@ -273,7 +278,8 @@ def run(cfg: DictConfig | dict) -> dict:
     problem = Problem(space=space, adapter=adapter, task=task, split=task.fitness_split)
     try:
         state = search(
-            problem, optimizer, state, generations, on_candidate=history.append, on_generation=on_generation
+            problem, optimizer, state, generations, on_candidate=history.append, on_generation=on_generation,
+            evaluate_population=distributed.population_evaluator(problem, ranks),
         )
     except KeyboardInterrupt:
         # Keep what is finished: the checkpoint already holds every completed generation; the
@@ -288,6 +294,8 @@ def run(cfg: DictConfig | dict) -> dict:
         logger.log_candidates(_candidate_rows(state.history))
         logger.finish()
         raise
+    finally:
+        ranks.release()  # the other ranks stop waiting for populations and exit
 
     # The best recipe; with no generations at all the search space's start point stands in.
     x_best = state.best["x"] if state.best else [0.5] * space.dim

@@ -6,7 +6,9 @@ counts only when, after normalisation, it is exactly ``<number> です`` with th
 paper's rule "right number AND in Japanese", made exact for a world with one answer form).
 
 Data comes from ``evomm.toy.world`` (fitness and held-out splits share no operand pair), or from
-a folder holding ``fitness.jsonl`` and ``heldout.jsonl`` with ``{"question", "answer"}`` records.
+a folder holding ``fitness.jsonl`` and ``heldout.jsonl`` with ``{"question", "answer"}`` records
+(``answer`` an integer; the prompt is the question followed by " 答:"). ``seed`` picks the
+``*_samples`` items scored from each split; the built-in split itself is fixed.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from conftest import compose
 @pytest.fixture(scope="module")
 def dfs_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("dfs") / "run"
-    return evomm.run(compose(["experiment=smoke_llm", "merge=dfs", f"run_dir={run_dir}", "final_eval.baselines={}"]))
+    return evomm.run(compose(["experiment=smoke_llm", "merge=dfs", f"run_dir={run_dir}", "final_eval.baselines=null"]))
 
 
 def test_dfs_run_leaves_route_plot_and_table(dfs_run):
@@ -54,7 +54,7 @@ def test_evomm_merge_rebuilds_a_routed_model(dfs_run, tmp_path):
 
 def test_ps_dfs_routes_a_parameter_space_merge(tmp_path):
     out = evomm.run(compose(["experiment=smoke_llm", "merge=ps_dfs", f"run_dir={tmp_path / 'run'}",
-                             "optimizer.generations=1", "final_eval.baselines={}"]))
+                             "optimizer.generations=1", "final_eval.baselines=null"]))
     recipe = Recipe.load(out["run_dir"] / "best_recipe.yaml")
     assert recipe.method == "ties" and recipe.entries  # model A: the hand-set PS merge
     assert recipe.route["models"] == [recipe.models[0]]  # model B: the first source

@@ -10,7 +10,7 @@ from evomm.tracking.history import read_history
 
 from conftest import REPO
 
-ARGS = ["experiment=smoke_llm", "optimizer.generations=6", "final_eval.sources=false", "final_eval.baselines={}"]
+ARGS = ["experiment=smoke_llm", "optimizer.generations=6", "final_eval.sources=false", "final_eval.baselines=null"]
 
 
 def train(run_dir, *extra):

@@ -118,11 +118,12 @@ def test_train_py_runs_as_a_script(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "train.py", "experiment=smoke_llm", f"hydra.run.dir={tmp_path / 'cli'}",
-         "optimizer.generations=1", "final_eval.sources=false", "final_eval.baselines={}"],
+         "optimizer.generations=1", "final_eval.sources=false", "final_eval.baselines=null"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "gen 1/1" in done.stdout and "| evolved | evolved |" in done.stdout
+    assert "| baseline |" not in done.stdout  # final_eval.baselines=null: no hand-set merges
     assert (tmp_path / "cli" / "best_recipe.yaml").exists()
     bad = subprocess.run(
         [sys.executable, "train.py", "experiment=smoke_llm", f"hydra.run.dir={tmp_path / 'bad'}", "optimizer.popsize=1"],

@@ -87,6 +87,7 @@ class LLMAdapter:
         device: str = "auto",
         tokenizer_from: int = 0,
         require_tokenizer: bool = True,
+        device_map: str | dict | None = None,
     ):
         if not models:
             raise ConfigError("adapter.models is empty: list the hub ids or paths of the models to merge")
@@ -111,7 +112,22 @@ class LLMAdapter:
             )
 
         # The resident target: a real model object whose parameters every candidate overwrites.
-        self.model = load(self.source_names[0]).to(self.device).eval()
+        # device_map (e.g. "auto") lets accelerate spread a target too big for one GPU over the
+        # visible GPUs; the engine then merges each tensor on the GPU that holds it. Offloading
+        # to CPU or disk is not supported: offloaded weights are not written in place.
+        if device_map is None:
+            self.model = load(self.source_names[0]).to(self.device).eval()
+        else:
+            self.model = load_or_explain(
+                self.source_names[0],
+                lambda r: AutoModelForCausalLM.from_pretrained(r, dtype=self.dtype, device_map=device_map),
+                "model",
+            ).eval()
+            if any(p.device.type == "meta" for p in self.model.parameters()):
+                raise ConfigError(
+                    "adapter.device_map offloaded part of the model to CPU or disk; the merge needs every "
+                    "weight in GPU memory: add GPUs, lower adapter.dtype, or set a max_memory-aware device_map"
+                )
         try:
             self.tokenizer = load_or_explain(
                 self.source_names[tokenizer_from], AutoTokenizer.from_pretrained, "tokenizer"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -49,6 +51,77 @@ class Problem:
         return entry
 
 
+class FitnessCache:
+    """Scores of the candidates already evaluated, keyed by their decoded recipe.
+
+    Two vectors that decode to the same recipe (clipped at the same bounds, a zero-width bound,
+    a point proposed twice) build the same model and get the same score, so the second is not
+    evaluated: its history entry copies the first one's scores with ``"cached": true`` and
+    ``"cached_from": [generation, index]``. Failures are not remembered (they may be transient,
+    e.g. out of memory). A resumed search rebuilds the cache from the checkpointed history.
+    """
+
+    def __init__(self, space: Any, history: list[dict] = ()):
+        self.space = space
+        self._scored: dict[str, dict] = {}
+        for entry in history:
+            self.remember(entry)
+
+    def key(self, x: np.ndarray | list[float]) -> str:
+        recipe = self.space.decode(np.asarray(x, dtype=np.float64))
+        blob = json.dumps(recipe.to_dict(), sort_keys=True, default=repr)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def lookup(self, key: str) -> dict | None:
+        return self._scored.get(key)
+
+    def remember(self, entry: dict, key: str | None = None) -> None:
+        if entry.get("fitness") is not None and not entry.get("cached"):
+            self._scored.setdefault(key or self.key(entry["x"]), entry)
+
+    def __len__(self) -> int:
+        return len(self._scored)
+
+
+def _scored_population(
+    problem: Problem,
+    xs: list[np.ndarray],
+    generation: int,
+    evaluate_population: Callable[[list[np.ndarray]], list[dict]],
+    cache: FitnessCache | None,
+) -> list[dict]:
+    """History entries for a population: new recipes evaluated, repeated ones copied."""
+    if cache is None:
+        entries = evaluate_population(xs)
+        for entry in entries:
+            entry["cached"] = False
+        return entries
+    keys = [cache.key(x) for x in xs]
+    first: dict[str, int] = {}  # key -> index of its first occurrence in this population
+    todo = [i for i, k in enumerate(keys) if cache.lookup(k) is None and first.setdefault(k, i) == i]
+    entries: list[dict | None] = [None] * len(xs)
+    for i, entry in zip(todo, evaluate_population([xs[i] for i in todo]) if todo else []):
+        entry["cached"] = False
+        entries[i] = entry
+    for i, key in enumerate(keys):
+        if entries[i] is None:
+            known = cache.lookup(key)
+            source, origin = (known, [known["generation"], known["index"]]) if known else (entries[first[key]], [generation, first[key]])
+            entries[i] = {
+                "params": problem.space.describe(xs[i]),
+                "x": [float(v) for v in xs[i]],
+                "fitness": source["fitness"],
+                "metrics": dict(source["metrics"]),
+                "error": source["error"],
+                "seconds": 0.0,
+                "cached": True,
+                "cached_from": origin,
+            }
+    for i in todo:
+        cache.remember(entries[i], keys[i])
+    return entries  # type: ignore[return-value]
+
+
 def search(
     problem: Problem,
     optimizer: Optimizer,
@@ -57,16 +130,20 @@ def search(
     evaluate_population: Callable[[list[np.ndarray]], list[dict]] | None = None,
     on_candidate: Callable[[dict], None] = lambda entry: None,
     on_generation: Callable[[SearchState, list[dict]], None] = lambda state, entries: None,
+    cache: bool = True,
 ) -> SearchState:
     """Run generations until ``generations`` are done (or the optimizer stops).
 
     ``evaluate_population`` maps a population to history entries; the default evaluates in this
-    process, a distributed run passes one that spreads the population over ranks.
+    process, a distributed run passes one that spreads the population over ranks (see
+    ``evomm.evolution.distributed``). With ``cache`` a candidate whose recipe was already scored
+    is not evaluated again (:class:`FitnessCache`, rebuilt from ``state.history``).
     """
     evaluate_population = evaluate_population or (lambda xs: [problem.evaluate(x) for x in xs])
+    scores = FitnessCache(problem.space, state.history) if cache else None
     while state.generation < generations and not optimizer.stop():
         xs = optimizer.ask()  # popsize vectors in [0, 1]^d
-        entries = evaluate_population(xs)
+        entries = _scored_population(problem, xs, state.generation, evaluate_population, scores)
         for index, entry in enumerate(entries):
             entry["generation"], entry["index"] = state.generation, index
             on_candidate(entry)

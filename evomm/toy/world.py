@@ -10,8 +10,9 @@ the merge on math asked and answered in Japanese, which no parent was trained on
                       arithmetic *expressions* without answers ("en: 3 plus 4 ja: 3 たす 4"),
                       the analogue of the base model's multilingual pre-training
 * the TARGET          "問: 3 たす 4 は いくつ ですか? 答: 7 です" — Japanese question, Japanese
-                      answer form. An English math model answers "7" (no Japanese form: wrong);
-                      a Japanese model answers "N です" with a number it cannot compute.
+                      answer form. It needs both skills: the number, which only the English
+                      arithmetic teaches, and the "N です" form, which only the Japanese Q/A
+                      teaches ("問: いぬ の あし は いくつ ですか? 答: 4 です"). A bare "7" fails.
 
 No training corpus contains a target-format item (a Japanese arithmetic question together with
 its answer). The target items are split into a FITNESS and a HELD-OUT split by *unordered operand
@@ -72,24 +73,12 @@ def arith_facts() -> list[Fact]:
     return facts
 
 
-# Several phrasings, as real math data has: the operands sit at different distances from the
-# answer cue, so a model has to find them by content rather than by position.
-ENGLISH_ARITH_TEMPLATES = (
-    "q: what is {a} {op} {b}?",
-    "q: how much is {a} {op} {b}?",
-    "q: {a} {op} {b} is how much?",
-    "q: compute {a} {op} {b}.",
-    "q: tell me {a} {op} {b}, please.",
-    "q: if you take {a} {op} {b}, what do you get?",
-)
+def english_arith_question(fact: Fact) -> str:
+    return f"q: what is {fact.a} {fact.op.en} {fact.b}?"
 
 
-def english_arith_question(fact: Fact, template: int = 0) -> str:
-    return ENGLISH_ARITH_TEMPLATES[template].format(a=fact.a, op=fact.op.en, b=fact.b)
-
-
-def english_arith_line(fact: Fact, template: int = 0) -> str:
-    return f"{english_arith_question(fact, template)} a: {fact.result}"
+def english_arith_line(fact: Fact) -> str:
+    return f"{english_arith_question(fact)} a: {fact.result}"
 
 
 # --- the target format ------------------------------------------------------------------------
@@ -260,8 +249,7 @@ def english_qa() -> list[str]:
 
 
 def english_arith() -> list[str]:
-    return [english_arith_line(f, t) for t in range(len(ENGLISH_ARITH_TEMPLATES))
-            for f in arith_facts()]
+    return [english_arith_line(f) for f in arith_facts()]
 
 
 def japanese_text() -> list[str]:
@@ -329,7 +317,7 @@ def _split_qa_line(line: str, cue: str) -> tuple[str, str]:
 def eval_sets(seed: int = 0) -> dict[str, list[tuple[str, str]]]:
     """Prompt / expected-response pairs for each skill; ``target`` is the held-out split."""
     return {
-        "english_arith": [_split_qa_line(english_arith_line(f), "a:") for f in arith_facts()],
+        "english_arith": [_split_qa_line(line, "a:") for line in english_arith()],
         "english_qa": [_split_qa_line(line, "a:") for line in english_qa()],
         "japanese_qa": [_split_qa_line(line, TARGET_ANSWER_PREFIX) for line in japanese_qa()],
         "target": [
