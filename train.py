@@ -1,5 +1,6 @@
 """evomm's main entry: compose conf/ with Hydra and run one evolutionary merge."""
 
+import os
 import sys
 
 import hydra
@@ -19,4 +20,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if int(os.environ.get("RANK", "0")) > 0:
+        # Under torchrun / accelerate only rank 0 writes the run directory (Hydra's files too).
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     main()

@@ -144,6 +144,8 @@ def _validate_budget(c: dict) -> None:
     if opt.get("max_evals") is not None:
         _int(opt["max_evals"], "optimizer.max_evals", 1)
     _int(c.get("seed", 0), "seed", 0)
+    if c.get("threads") is not None:
+        _int(c["threads"], "threads", 1)
 
 
 def _validate_final_eval(c: dict) -> None:

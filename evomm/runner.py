@@ -206,6 +206,8 @@ def run(cfg: DictConfig | dict) -> dict:
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(c["seed"])
+    if c.get("threads"):
+        torch.set_num_threads(int(c["threads"]))
 
     task = build_task(c["task"]["name"], **_options(c["task"], "name"))
     task.validate()
@@ -370,6 +372,7 @@ def _candidate_rows(history: list[dict]) -> list[dict]:
             "fitness": h["fitness"],
             "seconds": h["seconds"],
             "error": h["error"] or "",
+            "cached": bool(h.get("cached", False)),
             **h["params"],
             **{f"metric/{k}": v for k, v in h["metrics"].items()},
         }

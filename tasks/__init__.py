@@ -14,6 +14,8 @@ TASKS: Registry = Registry("task")
 _MODULES = {
     "toy_arith": "tasks.toy_arith",
     "toy_skills": "tasks.toy_skills",
+    "toy_vqa_skills": "tasks.toy_vqa_skills",
+    "toy_ja_vqa": "tasks.toy_vqa_skills",
     "ja_vg_vqa": "tasks.ja_vg_vqa",
     "ja_vlm_bench": "tasks.ja_vlm_bench",
     "mgsm_ja": "tasks.mgsm_ja",

@@ -49,7 +49,7 @@ import math
 import threading
 import weakref
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,8 +67,6 @@ from evomm.merging.recipe import Recipe
 CPU_CHUNK = 1 << 17
 # Magnitude-index resolution: about this many edges per tensor and source (candidates ~ n / 256).
 INDEX_EDGES = 256
-# Entries sampled for a first TIES bracket (before a slot has a magnitude index).
-SAMPLE = 1 << 13
 # The methods the streaming kernels compute (others go through MethodSpec.merge).
 # Draw CPU DARE masks with numpy's MT19937 (False: torch's generator; the same numbers).
 USE_NUMPY_STREAM = True
@@ -228,7 +226,6 @@ class _SlotCache:
 
     inputs: tuple  # (id, version) of base and sources: a change invalidates the cache
     indexes: dict[int, _MagnitudeIndex] = field(default_factory=dict)  # TIES, per source
-    trimmed_once: set[int] = field(default_factory=set)  # TIES sources trimmed from a sample so far
     streams: dict[tuple, list] = field(default_factory=dict)  # DARE: (seed, kind) -> per-source states
     slerp_dot: float | None = None
 
@@ -259,7 +256,7 @@ class _Workspace:
         self.chunk = chunk
         self._buffers: dict[tuple[str, torch.device], Tensor] = {}
         self._views: dict[tuple[str, int, torch.device], Tensor] = {}  # sliced views, reused
-        self._np: dict[tuple[str, int], np.ndarray] = {}
+        self._np: dict[str, np.ndarray] = {}
 
     def buffer(self, name: str, size: int, device: torch.device) -> Tensor:
         view = self._views.get((name, size, device))
@@ -276,10 +273,10 @@ class _Workspace:
         return view
 
     def array(self, name: str, size: int, dtype) -> np.ndarray:
-        arr = self._np.get((name, size))
-        if arr is None:
-            arr = self._np[(name, size)] = np.empty(size, dtype=dtype)
-        return arr
+        arr = self._np.get(name)
+        if arr is None or arr.size < size:
+            arr = self._np[name] = np.empty(max(size, self.chunk), dtype=dtype)
+        return arr[:size]
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -347,9 +344,8 @@ def _merge_slot(method: str, slot: TensorSlot, p: dict, seed: int | None, work: 
         kernel(None if base is None else base[start:stop], [s[start:stop] for s in sources], dst, start)
         if not direct:
             tflat[start:stop].copy_(dst)
-    if kernel.trim is not None and not kernel.trim.fix_up(kernel, base, sources, tflat):
-        # A sampled bracket missed the threshold (rare): redo the slot with magnitude indexes.
-        return _merge_slot(method, slot, p, seed, work)
+    if kernel.trim is not None:
+        kernel.trim.fix_up(kernel, base, sources, tflat)
     if not target.is_contiguous():
         target.copy_(tflat.view(target.shape))
 
@@ -500,23 +496,17 @@ class _MagnitudeIndex:
         return lo, hi, above
 
 
-def _sampled_bracket(base: Tensor, source: Tensor, k: int, n: int) -> tuple[float, float]:
-    """[lo, hi) that very likely holds the k-th largest |tau|, from an evenly spaced sample.
-
-    The pass that uses it counts the entries above hi and inside, so a bracket that missed is
-    noticed (and the slot redone with a magnitude index); the sample only decides the speed.
-    """
-    m = min(n, SAMPLE)
-    pos = torch.arange(m) * (n // m) + (n // m) // 2
-    mag = (source.index_select(0, pos.to(source.device)).float()
-           - base.index_select(0, pos.to(base.device)).float()).abs().cpu()
-    desc = torch.sort(mag, descending=True).values.numpy()  # [m]
-    p = k / n
-    spread = 5.0 * math.sqrt(m * p * (1.0 - p)) + 4.0  # binomial sd of the sample's count above
-    top, bottom = int(math.floor(p * m - spread)), int(math.ceil(p * m + spread))
-    hi = float(np.nextafter(desc[top - 1], np.float32(np.inf))) if top >= 1 else float("inf")
-    lo = float(desc[bottom - 1]) if bottom <= m else 0.0
-    return max(lo, _MIN_SUBNORMAL), hi
+def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:
+    """Union of ascending int arrays (a stable sort merges sorted runs in linear time)."""
+    if not arrays:
+        return np.zeros(0, np.int64)
+    merged = np.sort(np.concatenate(arrays), kind="stable")
+    if merged.size < 2:
+        return merged
+    keep = np.empty(merged.size, dtype=np.bool_)
+    keep[0] = True
+    np.not_equal(merged[1:], merged[:-1], out=keep[1:])
+    return merged[keep]
 
 
 class _Trim:
@@ -524,9 +514,7 @@ class _Trim:
 
     One chunk (small tensors, GPUs): the exact k-th largest |tau| of the chunk (= the tensor).
     Several chunks: trim at the bracket's upper edge during the pass, collect the entries inside
-    the bracket, then ``fix_up`` recomputes the entries that the exact threshold also keeps. The
-    bracket comes from the slot's magnitude index; the first time a source is trimmed (a one-shot
-    merge never comes back) it comes from a sample instead, and the pass counts what lies above.
+    the bracket, then ``fix_up`` recomputes the entries that the exact threshold also keeps.
     """
 
     def __init__(self, cache: _SlotCache, sources, base, density: list[float], n: int, chunk: int,
@@ -534,10 +522,9 @@ class _Trim:
         self.n, self.single = n, chunk >= n
         self.exact: list[float | None] = [None] * len(sources)  # lambd for hardshrink; None: no trim
         self.k = [max(1, int(d * n)) for d in density]
-        self.brackets: dict[int, tuple[float, float, int | None]] = {}  # lo, hi, entries >= hi
-        self.window: dict[int, tuple[np.uint32, np.uint32, np.uint32, float]] = {}
+        self.brackets: dict[int, tuple[float, float, int]] = {}  # lo, hi, entries >= hi
+        self.window: dict[int, tuple[np.uint32, np.uint32, float]] = {}
         self.found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        self.counted: dict[int, int] = {}  # sampled brackets: entries >= hi, counted in the pass
         if self.single:
             self.trimmed = [d < 1.0 for d in density]
             return
@@ -546,15 +533,9 @@ class _Trim:
             if d >= 1.0:
                 continue
             index = cache.indexes.get(i)
-            if index is None and i not in cache.trimmed_once:
-                cache.trimmed_once.add(i)
-                lo, hi = _sampled_bracket(base, sources[i], self.k[i], n)
-                b: tuple | float = (lo, hi, None)
-                self.counted[i] = 0
-            else:
-                if index is None:
-                    index = cache.indexes[i] = _MagnitudeIndex.build(base, sources[i], chunk, device, work)
-                b = index.bracket(self.k[i], n)
+            if index is None:
+                index = cache.indexes[i] = _MagnitudeIndex.build(base, sources[i], chunk, device, work)
+            b = index.bracket(self.k[i], n)
             if isinstance(b, float):
                 self.exact[i] = _prev_f32(b)
             else:
@@ -562,7 +543,7 @@ class _Trim:
                 self.brackets[i], self.found[i] = b, []
                 # lo <= |tau| < hi on the float bits: (bits & 0x7fffffff) - lo_bits < hi_bits - lo_bits
                 lo_bits, hi_bits = (int(np.float32(v).view(np.uint32)) for v in (lo, hi))
-                self.window[i] = (np.uint32(lo_bits), np.uint32(hi_bits - lo_bits), np.uint32(hi_bits), _prev_f32(hi))
+                self.window[i] = (np.uint32(lo_bits), np.uint32(hi_bits - lo_bits), _prev_f32(hi))
         self.work = work
 
     def lambd(self, i: int, tau: Tensor, start: int) -> float | None:
@@ -573,35 +554,28 @@ class _Trim:
         window = self.window.get(i)
         if window is None:
             return self.exact[i]
-        lo_bits, width, hi_bits, provisional = window
+        lo_bits, width, provisional = window
         values = tau.numpy()
         bits = self.work.array("bits", values.size, np.uint32)
         inside = self.work.array("inside", values.size, np.bool_)
         np.bitwise_and(values.view(np.uint32), np.uint32(0x7FFFFFFF), out=bits)
-        if i in self.counted:
-            self.counted[i] += int(np.count_nonzero(np.greater_equal(bits, hi_bits, out=inside)))
         np.subtract(bits, lo_bits, out=bits)  # wraps below lo
         where = np.flatnonzero(np.less(bits, width, out=inside))
         if where.size:
             self.found[i].append((where + start, np.abs(values[where])))
         return provisional  # trim at hi: keep what is surely kept; fix_up adds the rest
 
-    def fix_up(self, kernel: _Kernel, base: Tensor, sources: list[Tensor], tflat: Tensor) -> bool:
-        """Recompute the entries the exact thresholds keep; False if a sampled bracket missed."""
+    def fix_up(self, kernel: _Kernel, base: Tensor, sources: list[Tensor], tflat: Tensor) -> None:
+        """Recompute the entries that the exact thresholds keep and the pass trimmed."""
         positions = []
         for i, (lo, hi, above) in self.brackets.items():
             idx = np.concatenate([w for w, _ in self.found[i]]) if self.found[i] else np.zeros(0, np.int64)
             vals = np.concatenate([v for _, v in self.found[i]]) if self.found[i] else np.zeros(0, np.float32)
-            rank = self.k[i] - (self.counted[i] if above is None else above)  # rank-th largest in [lo, hi)
-            if rank > vals.size and lo == _MIN_SUBNORMAL:
-                threshold = 0.0  # the k-th largest is a zero: every entry is kept
-            elif 1 <= rank <= vals.size:
-                threshold = float(np.partition(vals, vals.size - rank)[vals.size - rank])
-            else:
-                return False
+            rank = self.k[i] - above  # the threshold is the rank-th largest value inside [lo, hi)
+            threshold = float(np.partition(vals, vals.size - rank)[vals.size - rank])
             self.exact[i] = _prev_f32(threshold)
             positions.append(idx[vals >= threshold])
-        where = np.unique(np.concatenate(positions)) if positions else np.zeros(0, np.int64)
+        where = _sorted_union(positions)
         if where.size:
             idx = torch.from_numpy(where).to(tflat.device)
             gathered = [s.index_select(0, idx.to(s.device)) for s in sources]
@@ -609,7 +583,6 @@ class _Trim:
             out = torch.empty(where.size, dtype=torch.float32, device=tflat.device)
             kernel(b, gathered, out, 0, lambdas=self.exact)
             tflat.index_copy_(0, idx, out.to(tflat.dtype))
-        return True
 
 
 # ---------------------------------------------------------------------------------------------

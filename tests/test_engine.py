@@ -1,0 +1,254 @@
+"""The streaming engine against the reference tensor functions (MethodSpec.merge).
+
+Every method is checked on tiny tensors in float32 and bfloat16, in one chunk (small tensors;
+``chunk=0``: whole tensors as on a GPU) and in many chunks (``chunk=16``: the cached magnitude
+index, the TIES fix-up and the chunked DARE streams). The engine promises the reference's
+numbers; it computes the same float32 operations, so the tests ask for equal tensors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evomm.adapters.base import TensorSlot
+from evomm.errors import ConfigError, IncompatibleModelsError
+from evomm.merging import engine
+from evomm.merging.engine import keep_sources_on, materialize, tensor_seed
+from evomm.merging.methods import get_method
+from evomm.merging.recipe import Entry, Recipe
+
+CHUNKS = [None, 0, 16]  # default (one chunk for tiny tensors), whole tensors, many chunks
+DTYPES = [torch.float32, torch.bfloat16]
+SHAPES = [(37,), (16, 33), (3, 4, 25)]
+
+PARAMS = {
+    "linear": [{"weight": [0.3, 0.9]}, {"weight": [0.3, 0.9], "normalize": False}],
+    "task_arithmetic": [{"weight": [0.3, 0.9], "lambda": 1.3}, {"weight": [0.5, 0.25], "normalize": True}],
+    "ties": [
+        {"weight": [0.3, 0.9], "density": [0.4, 0.73]},
+        {"weight": [0.7, -0.4], "density": [0.2, 1.0], "normalize": True, "lambda": 0.8},
+        {"weight": [1.0, 1.0], "density": [0.05, 0.99], "normalize": False},
+    ],
+    "dare_ties": [
+        {"weight": [0.3, 0.9], "density": [0.4, 0.73]},
+        {"weight": [0.6, 0.6], "density": [0.5, 1.0], "normalize": True, "rescale": False},
+    ],
+    "dare_linear": [
+        {"weight": [0.3, 0.9], "density": [0.4, 1.0]},
+        {"weight": [0.3, -0.9], "density": [0.1, 0.3], "rescale": False, "lambda": 2.0},
+    ],
+    "slerp": [{"t": 0.3}, {"t": 1.0}],
+}
+
+
+def make_slot(shape, n_sources, dtype=torch.float32, seed=0, name="model.layers.0.mlp.up_proj.weight"):
+    """A base and experts = base + noise; a few task-vector entries are exactly zero."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    sources = [base + 0.1 * torch.randn(shape, generator=g) for _ in range(n_sources)]
+    sources[0].view(-1)[:5] = base.view(-1)[:5]
+    base, sources = base.to(dtype), [s.to(dtype) for s in sources]
+    target = torch.full(shape, float("nan"), dtype=dtype)
+    return TensorSlot(name=name, group="layers.0", t=0.0, target=target, sources=sources, base=base)
+
+
+def recipe_for(method, params, n_sources, seed=5):
+    return Recipe(adapter="llm", method=method, models=[f"m{i}" for i in range(n_sources)], base="b",
+                  entries=[Entry(params=params)], seed=seed)
+
+
+def reference(slot, method, params, seed=5):
+    spec = get_method(method)
+    rseed = tensor_seed(seed, slot.name) if spec.random else None
+    return spec.merge(slot.base, slot.sources, params, seed=rseed).to(slot.target.dtype)
+
+
+def sources_for(method):
+    return 1 if method == "slerp" else 2
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", list(PARAMS))
+def test_engine_equals_reference(method, dtype, chunk):
+    for shape in SHAPES:
+        for params in PARAMS[method]:
+            slot = make_slot(shape, sources_for(method), dtype)
+            recipe = recipe_for(method, params, sources_for(method))
+            materialize([slot], recipe, chunk=chunk)
+            expected = reference(slot, method, params)
+            assert torch.equal(slot.target, expected), (shape, params)
+            torch.testing.assert_close(slot.target.float(), expected.float(), rtol=0, atol=1e-6)
+            first = slot.target.clone()
+            materialize([slot], recipe, chunk=chunk)  # second call: caches in use
+            assert torch.equal(slot.target, first)
+
+
+def test_three_sources_and_every_chunk_size():
+    for method in ("ties", "dare_ties", "task_arithmetic"):
+        params = {"weight": [0.5, 0.2, 0.9]}
+        if method != "task_arithmetic":
+            params["density"] = [0.3, 0.6, 0.9]
+        for chunk in (1, 7, 64, 1000):
+            slot = make_slot((10, 10), 3)
+            materialize([slot], recipe_for(method, params, 3), chunk=chunk)
+            assert torch.equal(slot.target, reference(slot, method, params)), (method, chunk)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 300),
+    d0=st.floats(0.01, 1.0),
+    d1=st.floats(0.01, 1.0),
+    levels=st.sampled_from([0, 3]),  # 0: continuous deltas; 3: many equal magnitudes and zeros
+    chunk=st.sampled_from([5, 16, 64]),
+)
+def test_ties_thresholds_match_kthvalue(seed, n, d0, d1, levels, chunk):
+    """Exact top-k from the magnitude index + fix-up, ties and zero deltas included."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g)
+    if levels:
+        steps = [torch.randint(-levels, levels + 1, (n,), generator=g).float() * 0.01 for _ in range(2)]
+    else:
+        steps = [0.1 * torch.randn(n, generator=g) for _ in range(2)]
+    slot = TensorSlot(name="x", group="g", t=0.0, target=torch.empty(n), sources=[base + s for s in steps], base=base)
+    params = {"weight": [0.6, 0.8], "density": [d0, d1]}
+    materialize([slot], recipe_for("ties", params, 2), chunk=chunk)
+    assert torch.equal(slot.target, reference(slot, "ties", params))
+
+
+def test_sparse_task_vector_keeps_all_when_the_threshold_is_zero():
+    """Most entries unchanged: the k-th largest |tau| is 0, so every entry is kept."""
+    slot = make_slot((400,), 2)
+    slot.sources[1] = slot.base.clone()
+    slot.sources[1][:10] += 1.0
+    params = {"weight": [1.0, 1.0], "density": [0.5, 0.5]}
+    materialize([slot], recipe_for("ties", params, 2), chunk=32)
+    assert torch.equal(slot.target, reference(slot, "ties", params))
+
+
+def test_dare_with_torchs_generator_equals_the_numpy_stream(monkeypatch):
+    assert engine._numpy_stream_matches_torch()  # the fast path is the one the tests exercise
+    params = {"weight": [0.3, 0.9], "density": [0.4, 0.73]}
+    slot = make_slot((50, 7), 2)
+    materialize([slot], recipe_for("dare_ties", params, 2), chunk=16)
+    fast = slot.target.clone()
+    monkeypatch.setattr(engine, "USE_NUMPY_STREAM", False)
+    slot.target.fill_(0.0)
+    materialize([slot], recipe_for("dare_ties", params, 2), chunk=16)
+    assert torch.equal(slot.target, fast)
+    assert torch.equal(fast, reference(slot, "dare_ties", params))
+
+
+def test_dare_masks_depend_on_seed_and_tensor_name():
+    params = {"weight": [1.0, 1.0], "density": [0.5, 0.5]}
+    a, b = make_slot((200,), 2, name="a"), make_slot((200,), 2, name="b")
+    materialize([a, b], recipe_for("dare_linear", params, 2, seed=1), chunk=16)
+    assert not torch.equal(a.target, b.target)  # same inputs, different names: different masks
+    first = a.target.clone()
+    materialize([a], recipe_for("dare_linear", params, 2, seed=2), chunk=16)
+    assert not torch.equal(a.target, first)
+    materialize([a], recipe_for("dare_linear", params, 2, seed=1), chunk=16)
+    assert torch.equal(a.target, first)
+
+
+def test_cache_follows_changed_sources():
+    params = {"weight": [0.5, 0.5], "density": [0.3, 0.6]}
+    for method in ("ties", "slerp", "dare_ties"):
+        n = sources_for(method)
+        p = {"t": 0.4} if method == "slerp" else params
+        slot = make_slot((300,), n)
+        materialize([slot], recipe_for(method, p, n), chunk=32)
+        slot.sources[0].mul_(-2.0)  # in place: the cached facts are stale now
+        materialize([slot], recipe_for(method, p, n), chunk=32)
+        assert torch.equal(slot.target, reference(slot, method, p)), method
+
+
+def test_strided_target_and_sources():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(9, 12, generator=g)
+    sources = [(base + 0.1 * torch.randn(9, 12, generator=g)).t() for _ in range(2)]  # [12, 9] strided
+    target = torch.zeros(9, 12).t()
+    slot = TensorSlot(name="w", group="g", t=0.0, target=target, sources=sources, base=base.t())
+    params = {"weight": [0.4, 0.7], "density": [0.5, 0.8]}
+    materialize([slot], recipe_for("ties", params, 2), chunk=16)
+    assert torch.equal(target, reference(slot, "ties", params))
+
+
+def test_in_place_and_no_new_target_tensors():
+    slot = make_slot((64, 8), 2)
+    ptr = slot.target.data_ptr()
+    materialize([slot], recipe_for("task_arithmetic", {"weight": [1.0, 1.0]}, 2))
+    assert slot.target.data_ptr() == ptr
+    assert not torch.isnan(slot.target).any()
+
+
+def test_methods_without_a_kernel_use_the_reference():
+    slot = make_slot((6, 10), 2)
+    params = {"weight": [0.5, 0.5], "density": [0.8, 0.6], "gamma": [0.1, 0.1]}
+    materialize([slot], recipe_for("breadcrumbs", params, 2))
+    assert torch.equal(slot.target, reference(slot, "breadcrumbs", params))
+    ties_rescaled = {"weight": [0.5, 0.5], "density": [0.3, 0.6], "rescale": True}
+    materialize([slot], recipe_for("ties", ties_rescaled, 2))
+    assert torch.equal(slot.target, reference(slot, "ties", ties_rescaled))
+
+
+def test_errors_name_the_tensor():
+    slot = make_slot((5,), 2)
+    with pytest.raises(ConfigError, match=r"density.*out of range.*tensor model\.layers\.0"):
+        materialize([slot], recipe_for("ties", {"weight": [1, 1], "density": [1.5, 0.5]}, 2))
+    slot.base = None
+    with pytest.raises(ConfigError, match="needs a base model"):
+        materialize([slot], recipe_for("ties", {"weight": [1, 1]}, 2))
+    odd = make_slot((5,), 2)
+    odd.sources[1] = torch.zeros(6)
+    with pytest.raises(IncompatibleModelsError, match="different shapes"):
+        materialize([odd], recipe_for("linear", {"weight": [1, 1]}, 2))
+
+
+def test_keep_sources_on_the_targets_device():
+    slot = make_slot((40,), 2)
+    keep_sources_on([slot], "cpu")
+    params = {"weight": [0.3, 0.9], "density": [0.4, 0.73]}
+    materialize([slot], recipe_for("ties", params, 2))
+    assert torch.equal(slot.target, reference(slot, "ties", params))
+
+
+def test_llm_adapter_device_map_passes_through(monkeypatch):
+    """adapter.device_map reaches from_pretrained (for the target); the engine writes in place."""
+    from transformers import AutoModelForCausalLM
+
+    from evomm.adapters.llm import LLMAdapter
+    from evomm.builtin import resolve
+
+    calls = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def recording(cls, ref, *args, **kwargs):
+        calls.append(kwargs.get("device_map"))
+        return real(cls, ref, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(recording))
+    models = [resolve("builtin:tiny-llm-a"), resolve("builtin:tiny-llm-b")]
+    adapter = LLMAdapter(models=models, base=resolve("builtin:tiny-llm-base"), device_map={"": "cpu"})
+    assert calls == [{"": "cpu"}, None, None]  # the target only; sources stay plain CPU tensors
+    params = {"weight": [0.3, 0.9], "density": [0.4, 0.73]}
+    recipe = Recipe(adapter="llm", method="ties", models=models, base="b", entries=[Entry(params=params)])
+    materialize(adapter.slots(), recipe)
+    for slot in adapter.slots():
+        assert torch.equal(slot.target, reference(slot, "ties", params))
+
+
+def test_all_zero_deltas_with_negative_weights():
+    """Sums of -0 (every delta zero) elect nothing, as the reference does."""
+    for chunk in (None, 8):
+        slot = make_slot((50,), 2)
+        slot.sources = [slot.base.clone(), slot.base.clone()]
+        slot.sources[1][:3] += 0.5
+        params = {"weight": [-0.5, -0.3], "density": [0.5, 1.0], "normalize": True}
+        materialize([slot], recipe_for("ties", params, 2), chunk=chunk)
+        assert torch.equal(slot.target, reference(slot, "ties", params))

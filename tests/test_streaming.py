@@ -1,0 +1,252 @@
+"""One-shot streamed merges: equal to the in-memory adapter path, loadable, sharded, lean."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import weakref
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from evomm.adapters.llm import LLMAdapter
+from evomm.builtin import resolve
+from evomm.cli import main as cli_main
+from evomm.errors import ConfigError
+from evomm.merging import streaming
+from evomm.merging.engine import materialize
+from evomm.merging.recipe import Entry, Recipe
+from evomm.merging.streaming import parse_size, stream_merge, why_not_streamed
+
+PARAMS = {
+    "ties": {"weight": [0.4, 0.8], "density": [0.3, 0.7]},
+    "dare_ties": {"weight": [0.4, 0.8], "density": [0.3, 0.7]},
+    "linear": {"weight": [0.4, 0.8]},
+    "task_arithmetic": {"weight": [0.4, 0.8]},
+    "dare_linear": {"weight": [0.4, 0.8], "density": [0.5, 0.9]},
+    "breadcrumbs": {"weight": [0.4, 0.8], "density": [0.8, 0.7]},  # no kernel: the reference path
+}
+
+
+@pytest.fixture(scope="module")
+def builtin_refs():
+    return [resolve("builtin:tiny-llm-a"), resolve("builtin:tiny-llm-b")], resolve("builtin:tiny-llm-base")
+
+
+@pytest.fixture(scope="module")
+def sharded_bf16(builtin_refs, tmp_path_factory):
+    """The same three models stored as bfloat16 shards with an index file."""
+    root = tmp_path_factory.mktemp("sharded")
+    models, base = builtin_refs
+    out = []
+    for i, ref in enumerate([*models, base]):
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.bfloat16)
+        model.save_pretrained(root / f"m{i}", max_shard_size="20KB")
+        AutoTokenizer.from_pretrained(ref).save_pretrained(root / f"m{i}")
+        assert (root / f"m{i}" / streaming.INDEX_FILE).exists()
+        out.append(str(root / f"m{i}"))
+    return out[:2], out[2]
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    """Tiny models with tied input/output embeddings (no lm_head.weight on disk)."""
+    root = tmp_path_factory.mktemp("tied")
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=50, tie_word_embeddings=True)
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(root / f"t{seed}")
+        paths.append(str(root / f"t{seed}"))
+    return paths[:2], paths[2]
+
+
+def recipe_for(method, models, base, dtype="float32", seed=3):
+    return Recipe(adapter="llm", method=method, models=list(models), base=base, seed=seed,
+                  entries=[Entry(params=PARAMS[method])], adapter_options={"dtype": dtype})
+
+
+def in_memory(recipe, out_dir):
+    """The adapter path: load, materialise in the resident target, save_pretrained."""
+    adapter = LLMAdapter(models=recipe.models, base=recipe.base, dtype=recipe.adapter_options["dtype"],
+                         device="cpu", require_tokenizer=False)
+    materialize(adapter.slots(), recipe)
+    adapter.save_merged(out_dir)
+
+
+def assert_same_weights(dir_a, dir_b):
+    a = AutoModelForCausalLM.from_pretrained(dir_a).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(dir_b).state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("method", list(PARAMS))
+def test_streamed_equals_in_memory_merge(method, builtin_refs, tmp_path):
+    models, base = builtin_refs
+    recipe = recipe_for(method, models, base)
+    stream_merge(recipe, tmp_path / "streamed", device="cpu")
+    in_memory(recipe, tmp_path / "memory")
+    assert_same_weights(tmp_path / "streamed", tmp_path / "memory")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_sharded_bf16_sources(dtype, sharded_bf16, tmp_path):
+    models, base = sharded_bf16
+    recipe = recipe_for("ties", models, base, dtype=dtype)
+    stream_merge(recipe, tmp_path / "streamed", device="cpu", max_shard_size="30KB")
+    in_memory(recipe, tmp_path / "memory")
+    assert_same_weights(tmp_path / "streamed", tmp_path / "memory")
+    config = json.loads((tmp_path / "streamed" / "config.json").read_text())
+    assert config["dtype"] == dtype
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed")
+    assert next(loaded.parameters()).dtype == getattr(torch, dtype)
+
+
+def test_tied_embeddings_are_merged_once(tied, tmp_path):
+    models, base = tied
+    recipe = recipe_for("dare_ties", models, base)
+    stream_merge(recipe, tmp_path / "streamed", device="cpu")
+    in_memory(recipe, tmp_path / "memory")
+    assert_same_weights(tmp_path / "streamed", tmp_path / "memory")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "streamed" / "model.safetensors"), framework="pt") as f:
+        assert "lm_head.weight" not in set(f.keys())
+
+
+def test_slerp(builtin_refs, tmp_path):
+    models, base = builtin_refs
+    recipe = Recipe(adapter="llm", method="slerp", models=models[:1], base=base,
+                    method_params={"t": 0.35}, adapter_options={"dtype": "float32"})
+    stream_merge(recipe, tmp_path / "streamed", device="cpu")
+    in_memory(recipe, tmp_path / "memory")
+    assert_same_weights(tmp_path / "streamed", tmp_path / "memory")
+
+
+def test_shards_index_and_side_files(builtin_refs, tmp_path):
+    models, base = builtin_refs
+    limit = 25_000
+    out = stream_merge(recipe_for("ties", models, base), tmp_path / "out", device="cpu", max_shard_size=limit)
+    index = json.loads((out / streaming.INDEX_FILE).read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    from safetensors import safe_open
+
+    total = 0
+    for name in files:
+        with safe_open(str(out / name), framework="pt") as f:
+            sizes = [f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()]
+            assert sum(sizes) <= limit or len(sizes) == 1
+            total += sum(sizes)
+            assert {k: name for k in f.keys()}.items() <= index["weight_map"].items()
+    assert total == index["metadata"]["total_size"]
+    assert AutoTokenizer.from_pretrained(out).encode("1 たす 2") == AutoTokenizer.from_pretrained(models[0]).encode("1 たす 2")
+    assert not (out / streaming.SINGLE_FILE).exists()
+
+
+def test_one_tensor_per_source_at_a_time(builtin_refs, tmp_path, monkeypatch):
+    """Peak memory: one tensor of each checkpoint per tensor in flight (one per CPU thread)."""
+    alive, peak = set(), [0]
+    read = streaming._Reader.tensor
+
+    def counting(self, name):
+        tensor = read(self, name)
+        key = object()
+        alive.add(key)
+        peak[0] = max(peak[0], len(alive))
+        weakref.finalize(tensor, alive.discard, key)
+        return tensor
+
+    monkeypatch.setattr(streaming._Reader, "tensor", counting)
+    models, base = builtin_refs
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # one tensor in flight
+        stream_merge(recipe_for("ties", models, base), tmp_path / "one", device="cpu")
+        assert peak[0] <= 3  # two sources and the base
+        torch.set_num_threads(2)  # two tensors merged side by side
+        stream_merge(recipe_for("ties", models, base), tmp_path / "two", device="cpu")
+        assert peak[0] <= 6
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+
+
+def test_why_not_streamed(builtin_refs, tmp_path):
+    models, base = builtin_refs
+    assert why_not_streamed(recipe_for("ties", models, base)) is None
+    assert "local folder" in why_not_streamed(recipe_for("ties", ["someone/model", models[1]], base))
+    vlm = recipe_for("ties", models, base)
+    vlm.adapter = "vlm"
+    assert "vlm adapter" in why_not_streamed(vlm)
+    routed = recipe_for("ties", models, base)
+    routed.route = {"models": [models[1]]}
+    assert "routed" in why_not_streamed(routed)
+    bin_only = tmp_path / "bin_only"
+    shutil.copytree(models[0], bin_only)
+    (bin_only / "model.safetensors").rename(bin_only / "pytorch_model.bin")
+    assert "model.safetensors" in why_not_streamed(recipe_for("ties", [str(bin_only), models[1]], base))
+    with pytest.raises(ConfigError, match="cannot be streamed"):
+        stream_merge(vlm, tmp_path / "no")
+
+
+def test_evomm_merge_streams_local_checkpoints(builtin_refs, tmp_path, monkeypatch):
+    models, base = builtin_refs
+    recipe_path = recipe_for("ties", models, base).save(tmp_path / "recipe.yaml")
+    in_memory(Recipe.load(recipe_path), tmp_path / "memory")
+
+    def no_adapter(*args, **kwargs):
+        raise AssertionError("the adapter path was taken")
+
+    monkeypatch.setattr(LLMAdapter, "__init__", no_adapter)
+    assert cli_main(["merge", str(recipe_path), str(tmp_path / "cli"), "--device", "cpu", "--max-shard-size", "1GB"]) == 0
+    monkeypatch.undo()
+    assert_same_weights(tmp_path / "cli", tmp_path / "memory")
+
+
+def test_mergekit_yaml_streams(builtin_refs, tmp_path):
+    models, base = builtin_refs
+    config = {"merge_method": "ties", "base_model": base, "dtype": "float32",
+              "models": [{"model": m, "parameters": {"weight": w, "density": 0.5}} for m, w in zip(models, (0.3, 0.7))]}
+    path = tmp_path / "mk.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli_main(["merge", str(path), str(tmp_path / "out"), "--device", "cpu"]) == 0
+    recipe = Recipe(adapter="llm", method="ties", models=models, base=base, adapter_options={"dtype": "float32"},
+                    entries=[Entry(params={"weight": [0.3, 0.7], "density": [0.5, 0.5]})])
+    in_memory(recipe, tmp_path / "memory")
+    assert_same_weights(tmp_path / "out", tmp_path / "memory")
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5 * 10**9
+    assert parse_size("500MB") == 500 * 10**6
+    assert parse_size("1GiB") == 2**30
+    assert parse_size(1234) == 1234
+    with pytest.raises(ConfigError, match="5GB"):
+        parse_size("lots")
+
+
+def test_unexpected_checkpoint_names_fall_back_to_the_adapter(builtin_refs, tmp_path):
+    """A checkpoint the streaming layout does not understand is built by the adapter instead."""
+    from safetensors.torch import load_file, save_file
+
+    models, base = builtin_refs
+    odd = tmp_path / "odd"
+    shutil.copytree(models[0], odd)
+    tensors = load_file(odd / "model.safetensors")
+    tensors["extra.scale"] = torch.ones(3)  # from_pretrained ignores it; streaming cannot place it
+    save_file(tensors, odd / "model.safetensors", metadata={"format": "pt"})
+    recipe = recipe_for("ties", [str(odd), models[1]], base)
+    with pytest.raises(streaming.NotStreamable, match="extra.scale"):
+        stream_merge(recipe, tmp_path / "streamed", device="cpu")
+    assert not (tmp_path / "streamed").exists()  # refused before writing anything
+    path = recipe.save(tmp_path / "recipe.yaml")
+    assert cli_main(["merge", str(path), str(tmp_path / "cli"), "--device", "cpu"]) == 0
+    in_memory(recipe, tmp_path / "memory")
+    assert_same_weights(tmp_path / "cli", tmp_path / "memory")
