@@ -56,14 +56,21 @@ def resolve(ref: str) -> str:
     name = ref[len(PREFIX):]
     _load_builders()
     builder = BUILDERS.get(name)
-    out = evomm_home() / "models" / name
+    return str(build_once(evomm_home() / "models" / name, builder))
+
+
+def build_once(out: Path, writer: Callable[[Path], None]) -> Path:
+    """Run ``writer(folder)`` once for ``out``; later calls find it complete and return at once.
+
+    The writer fills a temporary sibling that is renamed into place, so a killed build never
+    leaves half a model or data set behind.
+    """
     if (out / ".complete").exists():
-        return str(out)
-    # Build into a temporary sibling and rename, so a killed build never leaves half a model.
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        builder(tmp)
+        writer(tmp)
         (tmp / ".complete").write_text("ok\n")
         if out.exists():
             shutil.rmtree(out)
@@ -71,4 +78,4 @@ def resolve(ref: str) -> str:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return str(out)
+    return out

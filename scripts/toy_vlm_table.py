@@ -51,8 +51,6 @@ def compose(overrides: list[str]):
 
 def run(overrides: list[str]) -> list[dict]:
     import evomm
-    import evomm.toy.vlm_builtins  # noqa: F401 - registers builtin:toy-vlm-*
-    import tasks.toy_vqa_skills  # noqa: F401 - registers toy_vqa_skills and toy_ja_vqa
 
     out = evomm.run(compose(overrides))
     return json.loads((Path(out["run_dir"]) / "results.json").read_text())

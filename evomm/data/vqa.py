@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -86,25 +84,11 @@ def resolve_dataset(ref: str) -> str:
     if name not in BUILTIN_DATASETS:
         known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS)
         raise ConfigError(f"unknown built-in dataset '{ref}'; known: {known}")
-    from evomm.builtin import evomm_home
+    from evomm.builtin import build_once, evomm_home
     from evomm.toy.tiny_vqa import write_tiny_vqa
 
     out = evomm_home() / "data" / name
-    if (out / ".complete").exists():
-        return str(out)
-    # Write into a temporary sibling and rename, so a killed build never leaves half a data set.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
-    try:
-        write_tiny_vqa(tmp, kind=BUILTIN_DATASETS[name])
-        (tmp / ".complete").write_text("ok\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(out)
+    return str(build_once(out, lambda tmp: write_tiny_vqa(tmp, kind=BUILTIN_DATASETS[name])))
 
 
 # -- raw records ---------------------------------------------------------------------------------

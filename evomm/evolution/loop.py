@@ -15,7 +15,6 @@ import torch
 from evomm.evolution.checkpoint import SearchState
 from evomm.evolution.optimizers import Optimizer
 from evomm.adapters.base import apply_recipe
-from evomm.merging.space import SearchSpace
 
 
 class SearchFailed(RuntimeError):

@@ -251,7 +251,7 @@ def header_lines(recipe: Recipe, source: str | None, checked: bool) -> list[str]
     if get_method(recipe.method).random:
         lines += [
             f"WARNING: {recipe.method} drops entries at random. The YAML is valid, but mergekit draws its own",
-            f"masks (and rescales by L1 norm, evomm by 1/density), so its model differs from `evomm merge`",
+            "masks (and rescales by L1 norm, evomm by 1/density), so its model differs from `evomm merge`",
             "(seeded by the recipe). Only the deterministic methods give the same tensors in both tools.",
         ]
     if not checked:

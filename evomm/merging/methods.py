@@ -535,6 +535,19 @@ def ties(
     )
 
 
+def _dare(base: Tensor, sources: Sequence[Tensor], weight: list[float], density: list[float],
+          normalize: bool, lambda_: float, rescale: bool, seed: int, elect_sign: bool) -> Tensor:
+    """Drop each task-vector entry with probability 1 - density (one seeded stream, masks drawn
+    source by source), rescale the kept ones, then combine with or without sign election."""
+    gen = _generator(base, seed)
+    deltas = [
+        drop_random(tau, d, rescale, gen) for tau, d in zip(_task_vectors(base, sources), density)
+    ]
+    return combine_task_vectors(
+        base, deltas, weight, elect_sign=elect_sign, normalize=normalize, lambda_=lambda_
+    )
+
+
 @merge_method(
     "dare_ties",
     needs_base=True,
@@ -554,13 +567,7 @@ def dare_ties(
     seed: int,
 ) -> Tensor:
     """DARE drop-and-rescale of each task vector, then TIES sign election."""
-    gen = _generator(base, seed)
-    deltas = [
-        drop_random(tau, d, rescale, gen) for tau, d in zip(_task_vectors(base, sources), density)
-    ]
-    return combine_task_vectors(
-        base, deltas, weight, elect_sign=True, normalize=normalize, lambda_=lambda_
-    )
+    return _dare(base, sources, weight, density, normalize, lambda_, rescale, seed, elect_sign=True)
 
 
 @merge_method(
@@ -582,13 +589,7 @@ def dare_linear(
     seed: int,
 ) -> Tensor:
     """DARE drop-and-rescale of each task vector, then task arithmetic's weighted sum."""
-    gen = _generator(base, seed)
-    deltas = [
-        drop_random(tau, d, rescale, gen) for tau, d in zip(_task_vectors(base, sources), density)
-    ]
-    return combine_task_vectors(
-        base, deltas, weight, elect_sign=False, normalize=normalize, lambda_=lambda_
-    )
+    return _dare(base, sources, weight, density, normalize, lambda_, rescale, seed, elect_sign=False)
 
 
 @merge_method(

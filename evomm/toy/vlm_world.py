@@ -37,15 +37,14 @@ Everything is deterministic; the only randomness is seeded shuffles.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageDraw
+
+from evomm.builtin import build_once, evomm_home
 
 SIZE = 32
 BACKGROUND = (128, 128, 128)
@@ -365,26 +364,9 @@ WORLD_NAME = "toy-vlm-world"
 
 def builtin_world_path() -> Path:
     """Where the built-in world lives: ``$EVOMM_HOME/data/toy-vlm-world`` (maybe not written yet)."""
-    from evomm.builtin import evomm_home
-
     return evomm_home() / "data" / WORLD_NAME
 
 
 def world_dir() -> Path:
     """The built-in world's folder, written on first use (atomically)."""
-    out = builtin_world_path()
-    if (out / ".complete").exists():
-        return out
-    # Write into a temporary sibling and rename, so a killed write never leaves half a data set.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{WORLD_NAME}.", dir=out.parent))
-    try:
-        write_world(tmp)
-        (tmp / ".complete").write_text("ok\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return build_once(builtin_world_path(), write_world)

@@ -182,7 +182,7 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
         f"{_KINDS.get(recipe.adapter, 'A model')} merged by evolution with evomm: an evolution strategy searched the "
         f"parameters of a `{recipe.method}` merge"
         + (" and a data-flow-space layer route" if recipe.route is not None else "")
-        + f" of the models below, scoring each candidate on a task.",
+        + " of the models below, scoring each candidate on a task.",
         "",
         "## Sources",
         "",
