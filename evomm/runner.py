@@ -355,10 +355,11 @@ def run(cfg: DictConfig | dict) -> dict:
 
     progress.print("")
     progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations")
-    progress.print(
-        f"outputs in {run_dir}: best_recipe.yaml, history.jsonl, fitness.png, recipe_heatmap.png, "
-        "results.md, merged/ (with its model card README.md)"
-    )
+    written = [n for n in ("best_recipe.yaml", "history.jsonl", "fitness.png", "recipe_heatmap.png",
+                           "route.png", "results.md") if (run_dir / n).exists()]
+    if merged_dir.exists():
+        written.append("merged/ (with its model card README.md)")
+    progress.print(f"outputs in {run_dir}: {', '.join(written)}")
     if rows:
         progress.print("\n" + results_markdown(rows))
     return {"run_dir": run_dir, "best": state.best, "results": rows, "state": state}

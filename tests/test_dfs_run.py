@@ -67,3 +67,12 @@ def test_ps_dfs_needs_an_existing_ps_recipe(tmp_path):
     with pytest.raises(ConfigError, match="ps_recipe"):
         evomm.run(compose(["experiment=smoke_llm", "merge=ps_dfs", f"run_dir={tmp_path}",
                            f"merge.ps_recipe={tmp_path}/missing.yaml"]))
+
+
+def test_dfs_routes_a_vlms_language_model(tmp_path):
+    out = evomm.run(compose(["experiment=smoke_vlm", "merge=dfs", f"run_dir={tmp_path / 'run'}",
+                             "optimizer.generations=1", "final_eval.baselines=null"]))
+    recipe = Recipe.load(out["run_dir"] / "best_recipe.yaml")
+    assert recipe.adapter == "vlm" and recipe.route["models"]  # model A: the LLaVA; model B: the text LLM
+    assert (out["run_dir"] / "route.png").exists()
+    assert "| evolved | evolved |" in (out["run_dir"] / "results.md").read_text()
