@@ -45,6 +45,7 @@ from typing import Callable
 from PIL import Image, ImageDraw
 
 from evomm.builtin import build_once, evomm_home
+from evomm.toy.world import corpus_of, sample_from
 
 SIZE = 32
 BACKGROUND = (128, 128, 128)
@@ -291,17 +292,12 @@ CORPORA: dict[str, Callable[[], list[str]]] = {
 
 
 def corpus(name: str) -> list[str]:
-    if name not in CORPORA:
-        raise ValueError(f"unknown corpus '{name}'; known corpora: {', '.join(CORPORA)}")
-    return CORPORA[name]()
+    return corpus_of(CORPORA, name)
 
 
 def sample_mix(mix: dict[str, float], n: int, seed: int) -> list[str]:
     """``n`` training lines drawn (seeded, with replacement) from corpora weighted by ``mix``."""
-    rng = random.Random(seed)
-    names = [name for name, w in mix.items() if w > 0]
-    pools = {name: corpus(name) for name in names}
-    return [rng.choice(pools[name]) for name in rng.choices(names, weights=[mix[n_] for n_ in names], k=n)]
+    return sample_from(CORPORA, mix, n, seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -290,19 +290,28 @@ CORPORA: dict[str, Callable[[], list[str]]] = {
 }
 
 
-def corpus(name: str) -> list[str]:
-    if name not in CORPORA:
-        raise ValueError(f"unknown corpus '{name}'; known corpora: {', '.join(CORPORA)}")
-    return CORPORA[name]()
+def corpus_of(corpora: dict[str, Callable[[], list[str]]], name: str) -> list[str]:
+    if name not in corpora:
+        raise ValueError(f"unknown corpus '{name}'; known corpora: {', '.join(corpora)}")
+    return corpora[name]()
 
 
-def sample_mix(mix: dict[str, float], n: int, seed: int) -> list[str]:
+def sample_from(corpora: dict[str, Callable[[], list[str]]], mix: dict[str, float], n: int,
+                seed: int) -> list[str]:
     """``n`` training lines drawn (seeded, with replacement) from corpora weighted by ``mix``."""
     rng = random.Random(seed)
     names = [name for name, w in mix.items() if w > 0]
     weights = [mix[name] for name in names]
-    pools = {name: corpus(name) for name in names}
+    pools = {name: corpus_of(corpora, name) for name in names}
     return [rng.choice(pools[name]) for name in rng.choices(names, weights=weights, k=n)]
+
+
+def corpus(name: str) -> list[str]:
+    return corpus_of(CORPORA, name)
+
+
+def sample_mix(mix: dict[str, float], n: int, seed: int) -> list[str]:
+    return sample_from(CORPORA, mix, n, seed)
 
 
 # ---------------------------------------------------------------------------------------------
