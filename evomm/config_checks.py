@@ -51,6 +51,8 @@ def validate_config(c: dict) -> None:
         _validate_parameter_space(c)
     _validate_budget(c)
     _validate_final_eval(c)
+    if not isinstance(c.get("resample_fitness", False), bool):
+        raise ConfigError(f"resample_fitness must be true or false, got {c['resample_fitness']!r}")
 
 
 def _validate_routing(c: dict) -> None:

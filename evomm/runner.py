@@ -37,6 +37,7 @@ from evomm.tracking.plots import plot_fitness, plot_recipe_heatmap
 from evomm.tracking.progress import Progress
 from evomm.tracking.wandb_logger import NullLogger, WandbLogger
 from tasks import build_task, validate_for_evaluation
+from tasks.base import Resampling
 
 
 ROUTING_METHODS = ("dfs", "ps_dfs")
@@ -64,6 +65,8 @@ def search_fingerprint(c: dict) -> str:
     """
     keys = ("adapter", "merge", "optimizer", "task", "seed")
     relevant = {k: c.get(k) for k in keys}
+    if c.get("resample_fitness"):  # only when on, so that older checkpoints still resume
+        relevant["resample_fitness"] = True
     relevant["optimizer"] = {k: v for k, v in (c.get("optimizer") or {}).items() if k not in ("generations", "max_evals")}
     return checkpoint.fingerprint(relevant)
 
@@ -210,6 +213,12 @@ def run(cfg: DictConfig | dict) -> dict:
         torch.set_num_threads(int(c["threads"]))
 
     task = build_task(c["task"]["name"], **_options(c["task"], "name"))
+    resample = bool(c.get("resample_fitness", False))
+    if resample and not isinstance(task, Resampling):
+        raise ConfigError(
+            f"resample_fitness=true but task '{task.name}' has a fixed fitness set it cannot redraw; "
+            "set resample_fitness=false"
+        )
     task.validate()
     if task.fitness_split == task.heldout_split and not c.get("allow_heldout_fitness", False):
         raise ConfigError(
@@ -229,7 +238,8 @@ def run(cfg: DictConfig | dict) -> dict:
     adapter, space = build_search(c)
     load_seconds = time.perf_counter() - t0
     if not ranks.is_main:  # evaluate this rank's share of every population; rank 0 writes everything
-        distributed.serve(Problem(space=space, adapter=adapter, task=task, split=task.fitness_split), ranks)
+        distributed.serve(Problem(space=space, adapter=adapter, task=task, split=task.fitness_split,
+                                  resample=resample), ranks)
         return {"run_dir": run_dir, "best": None, "results": [], "state": None}
     opt = c["optimizer"]
     opt_options = _options(opt, "name", "generations")
@@ -277,7 +287,7 @@ def run(cfg: DictConfig | dict) -> dict:
         checkpoint.save(ckpt_path, state, fp)
         progress.generation(state, entries, optimizer.state())
 
-    problem = Problem(space=space, adapter=adapter, task=task, split=task.fitness_split)
+    problem = Problem(space=space, adapter=adapter, task=task, split=task.fitness_split, resample=resample)
     try:
         state = search(
             problem, optimizer, state, generations, on_candidate=history.append, on_generation=on_generation,

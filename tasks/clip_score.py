@@ -11,7 +11,8 @@ averages the raw cosines and clamps the mean, so the two differ when some cosine
 Prompts come from a text file, one per line (blank lines and lines starting with '#' skipped).
 Fixed split rule: prompts at even positions (0, 2, 4, ...) form the fitness pool, odd positions
 the held-out pool, so both pools cover the file's topics and are disjoint whatever the sample
-counts; ``fitness_samples`` / ``heldout_samples`` take the first N of each pool (None: all).
+counts; ``fitness_samples`` / ``heldout_samples`` take the first N of each pool (None: all;
+with ``resample_fitness`` each generation draws its own N fitness prompts).
 Prompt i (its position in the file) is always rendered with seed ``seed + i`` from a CPU
 generator, so a prompt gets the same starting noise on every device and in every split size.
 
@@ -24,6 +25,7 @@ beside the weights as ``<model_name>.json``; it is registered with ``open_clip.a
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from evomm.builtin import resolve
 from evomm.errors import ConfigError
 from tasks import TASKS
+from tasks.base import Resampling
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "ja_prompts.txt"
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -65,7 +68,7 @@ def image_grid(images: list, columns: int | None = None):
 
 
 @TASKS.register("clip_score")
-class ClipScoreTask:
+class ClipScoreTask(Resampling):
     """Render fixed-seed images for Japanese prompts and score them with an open_clip model."""
 
     name = "clip_score"
@@ -114,7 +117,12 @@ class ClipScoreTask:
         prompts = read_prompts(self.prompts_file)
         first = 0 if split == self.fitness_split else 1
         limit = self.fitness_samples if split == self.fitness_split else self.heldout_samples
-        indices = list(range(first, len(prompts), 2))[: limit if limit is not None else None]
+        indices = list(range(first, len(prompts), 2))
+        if limit is not None and limit < len(indices):
+            if split == self.fitness_split and self.sample_round > 0:  # a redrawn fitness sample
+                indices = sorted(random.Random(self.sample_seed(split)).sample(indices, limit))
+            else:
+                indices = indices[:limit]  # the first prompts of the pool
         return [prompts[i] for i in indices], [self.seed + i for i in indices]
 
     def validate(self) -> None:

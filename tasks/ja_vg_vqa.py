@@ -31,6 +31,7 @@ from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
 from evomm.text.rouge_ja import JapaneseRouge
 from tasks import TASKS
+from tasks.base import Resampling
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class VQAScoring:
 
 
 @TASKS.register("ja_vg_vqa")
-class JaVGVQATask:
+class JaVGVQATask(Resampling):
     """JA-VG-VQA-500: fitness on ``train``, held-out ``test``; fitness = mean ROUGE-L (MeCab)."""
 
     name = "ja_vg_vqa"
@@ -235,8 +236,12 @@ class JaVGVQATask:
                 f"'{self.heldout_split}' (held-out), not '{split}'"
             )
         if split not in self._items:
-            self._items[split] = load_vqa(self.dataset, split, self.layout, self.samples[split], self.seed)
+            self._items[split] = load_vqa(self.dataset, split, self.layout, self.samples[split],
+                                          self.sample_seed(split))
         return self._items[split]
+
+    def forget(self, split: str) -> None:
+        self._items.pop(split, None)
 
     def validate(self) -> None:
         """Load both splits' records (fields checked), the scorer, and refuse shared images."""

@@ -31,6 +31,7 @@ from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.text.japanese import is_japanese
 from tasks import TASKS
+from tasks.base import Resampling
 
 DEFAULT_TEMPLATE = (
     "以下は算数の文章題です。日本語で一歩ずつ考えて解き、最後に答えの数値を書いてください。\n\n"
@@ -149,7 +150,7 @@ def load_records(source: str, *, config: str | None, split: str, what: str) -> l
 
 
 @TASKS.register("mgsm_ja")
-class MGSMJaTask:
+class MGSMJaTask(Resampling):
     """Japanese math word problems; fitness = accuracy (right number and Japanese)."""
 
     name = "mgsm_ja"
@@ -232,10 +233,13 @@ class MGSMJaTask:
             records = self._records(split)
             n = self.sources[split][3]
             if n is not None and n < len(records):
-                keep = sorted(random.Random(self.seed).sample(range(len(records)), n))
+                keep = sorted(random.Random(self.sample_seed(split)).sample(range(len(records)), n))
                 records = [records[i] for i in keep]
             self._items[split] = records
         return self._items[split]
+
+    def forget(self, split: str) -> None:
+        self._items.pop(split, None)
 
     def prompt(self, question: str) -> str:
         return self.prompt_template.replace("{question}", question)

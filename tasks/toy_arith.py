@@ -24,6 +24,7 @@ from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.toy import world
 from tasks import TASKS
+from tasks.base import Resampling
 
 _JA_FORM = re.compile(r"^(-?\d+) です$")
 
@@ -75,7 +76,7 @@ def _read_jsonl(path: Path) -> list[dict[str, str]]:
 
 
 @TASKS.register("toy_arith")
-class ToyArithTask:
+class ToyArithTask(Resampling):
     """Japanese arithmetic on the toy world's models; fitness = exact-match accuracy."""
 
     name = "toy_arith"
@@ -125,9 +126,12 @@ class ToyArithTask:
             records = self._load(split)
             n = self.fitness_samples if split == self.fitness_split else self.heldout_samples
             if n < len(records):
-                records = random.Random(self.seed).sample(records, n)
+                records = random.Random(self.sample_seed(split)).sample(records, n)
             self._items[split] = records
         return self._items[split]
+
+    def forget(self, split: str) -> None:
+        self._items.pop(split, None)
 
     def validate(self) -> None:
         fit = self._load(self.fitness_split)

@@ -19,6 +19,7 @@ from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.toy import world
 from tasks import TASKS
+from tasks.base import Resampling
 from tasks.toy_arith import normalise
 
 SKILLS = ("english_arith", "japanese_qa")
@@ -33,7 +34,7 @@ def skill_split(skill: str, split: str, seed: int = 0) -> list[tuple[str, str]]:
 
 
 @TASKS.register("toy_skills")
-class ToySkillsTask:
+class ToySkillsTask(Resampling):
     name = "toy_skills"
     modality = "llm"
     fitness_split = "fitness"
@@ -56,7 +57,7 @@ class ToySkillsTask:
             raise ConfigError(f"toy_skills has splits 'fitness' and 'heldout', not '{split}'")
         pairs = skill_split(skill, split)
         n = self.samples[split]
-        return random.Random(self.seed).sample(pairs, n) if n < len(pairs) else pairs
+        return random.Random(self.sample_seed(split)).sample(pairs, n) if n < len(pairs) else pairs
 
     def validate(self) -> None:
         for skill in SKILLS:

@@ -36,6 +36,7 @@ from evomm.generation import generate_texts
 from evomm.text.rouge_ja import normalize
 from evomm.toy import vlm_world
 from tasks import TASKS
+from tasks.base import Resampling
 from tasks.ja_vg_vqa import JaVGVQATask, check_samples
 
 SKILLS = ("english_vqa", "japanese_qa")
@@ -67,7 +68,7 @@ def _positive(task: str, key: str, value) -> None:
 
 
 @TASKS.register("toy_vqa_skills")
-class ToyVQASkillsTask:
+class ToyVQASkillsTask(Resampling):
     """Mean of English VQA (on images) and Japanese text Q/A, both ROUGE-L (MeCab)."""
 
     name = "toy_vqa_skills"
@@ -110,6 +111,13 @@ class ToyVQASkillsTask:
         )
         self._qa: dict[str, list[dict[str, str]]] = {}
 
+    def resample(self, round_: int) -> None:
+        super().resample(round_)
+        self._vqa.resample(round_)  # its fitness split is the English VQA half of ours
+
+    def forget(self, split: str) -> None:
+        self._qa.pop(split, None)
+
     def _check_split(self, split: str) -> None:
         if split not in self.samples:
             raise ConfigError(f"{self.name} has splits 'fitness' and 'heldout', not '{split}'")
@@ -138,7 +146,7 @@ class ToyVQASkillsTask:
                 records.append({"question": str(rec["question"]), "answer": str(rec["answer"])})
             n = self.samples[split]
             if n is not None and n < len(records):
-                keep = sorted(random.Random(self.seed).sample(range(len(records)), n))
+                keep = sorted(random.Random(self.sample_seed(split)).sample(range(len(records)), n))
                 records = [records[i] for i in keep]
             self._qa[split] = records
         return self._qa[split]

@@ -60,7 +60,7 @@ class QuadraticProblem:
     def __init__(self):
         self.space = space()
 
-    def evaluate(self, x):
+    def evaluate(self, x, sample=0):
         return {"params": self.space.describe(x), "x": [float(v) for v in x], "fitness": fitness_of(x),
                 "metrics": {"fitness": fitness_of(x)}, "error": None, "seconds": 0.0}
 
@@ -97,7 +97,7 @@ def test_shares_cover_the_population_once():
 def test_repeated_recipes_are_not_evaluated_again():
     evaluated = []
 
-    def evaluate_population(xs):
+    def evaluate_population(xs, sample):
         evaluated.extend(np.clip(x, 0, 1).tolist() for x in xs)
         return [QuadraticProblem().evaluate(x) for x in xs]
 
@@ -126,14 +126,14 @@ def test_cache_is_rebuilt_from_history_on_resume():
     problem = Problem(space=space(), adapter=None, task=None, split="fitness")
     first = ScriptedOptimizer([[[0.2, 0.4, 0.6, 0.8], [0.1, 0.1, 0.1, 0.1]]])
     state = search(problem, first, SearchState(optimizer=first), 1,
-                   evaluate_population=lambda xs: [QuadraticProblem().evaluate(x) for x in xs])
+                   evaluate_population=lambda xs, sample: [QuadraticProblem().evaluate(x) for x in xs])
     assert len(FitnessCache(problem.space, state.history)) == 2
 
     calls = []
     resumed = ScriptedOptimizer([[[0.2, 0.4, 0.6, 0.8], [0.5, 0.5, 0.5, 0.5]]])  # generation 1
     state.optimizer = resumed
     state = search(problem, resumed, state, 2,
-                   evaluate_population=lambda xs: calls.append(len(xs)) or [QuadraticProblem().evaluate(x) for x in xs])
+                   evaluate_population=lambda xs, sample: calls.append(len(xs)) or [QuadraticProblem().evaluate(x) for x in xs])
     assert calls == [1]
     assert [h["cached"] for h in state.history[2:]] == [True, False]
 
@@ -141,7 +141,7 @@ def test_cache_is_rebuilt_from_history_on_resume():
 def test_failures_are_evaluated_again():
     outcomes = iter([None, -1.0, -2.0])
 
-    def evaluate_population(xs):
+    def evaluate_population(xs, sample):
         out = []
         for x in xs:
             fitness = next(outcomes)
@@ -213,3 +213,39 @@ def test_torchrun_gives_the_same_history_as_one_process(tmp_path):
     # Rank 1 ran with its own run directory: Hydra may create it, evomm writes nothing there.
     rank1 = tmp_path / "rank1"
     assert not rank1.exists() or not any(rank1.iterdir())
+
+
+# ---- a new fitness sample every generation ----------------------------------------------------
+def test_resampling_scores_each_generation_on_its_sample_and_rescores_the_best():
+    """Scores here grow with the sample, as an easier draw would: the best is re-scored first."""
+    asked = []
+
+    def evaluate_population(xs, sample):
+        asked.append((len(xs), sample))
+        return [{**QuadraticProblem().evaluate(x), "fitness": fitness_of(x) + 10 * sample} for x in xs]
+
+    a, b = [0.2, 0.4, 0.6, 0.8], [0.1, 0.3, 0.5, 0.7]
+    problem = Problem(space=space(), adapter=None, task=None, split="fitness", resample=True)
+    optimizer = ScriptedOptimizer([[a, b], [b, [0.9, 0.9, 0.9, 0.9]], [a, a]])
+    state = search(problem, optimizer, SearchState(optimizer=optimizer), 3, evaluate_population=evaluate_population)
+    # generation g: the incumbent alone on sample g (from g = 1), then the new candidates;
+    # b and a are scored again on their new samples, a repeated a within a generation is not
+    assert asked == [(2, 0), (1, 1), (2, 1), (1, 2), (1, 2)]
+    assert [h["cached"] for h in state.history] == [False, False, False, False, False, True]
+    assert state.best["sample"] == 2
+    assert state.best["fitness"] == max(fitness_of(h["x"]) for h in state.history) + 20
+    assert FitnessCache(problem.space, state.history, resample=True).key(a, 0) != \
+        FitnessCache(problem.space, state.history, resample=True).key(a, 2)
+
+
+def test_a_task_redraws_its_fitness_sample_and_keeps_the_heldout_split():
+    from tasks import build_task
+
+    task = build_task("toy_skills", fitness_samples=5, heldout_samples=5)
+    fixed = task.items("english_arith", "fitness")
+    task.resample(3)
+    redrawn = task.items("english_arith", "fitness")
+    assert redrawn != fixed and len(redrawn) == 5
+    assert task.items("english_arith", "heldout") == build_task("toy_skills", heldout_samples=5).items("english_arith", "heldout")
+    task.resample(0)
+    assert task.items("english_arith", "fitness") == fixed

@@ -1,9 +1,11 @@
-"""The streaming engine against the reference tensor functions (MethodSpec.merge).
+"""The engine against the reference tensor functions (MethodSpec.merge).
 
-Every method is checked on tiny tensors in float32 and bfloat16, in one chunk (small tensors;
-``chunk=0``: whole tensors as on a GPU) and in many chunks (``chunk=16``: the cached magnitude
-index, the TIES fix-up and the chunked DARE streams). The engine promises the reference's
-numbers; it computes the same float32 operations, so the tests ask for equal tensors.
+Every method is checked on tiny tensors in float32 and bfloat16: by default (the fused CPU
+kernel on whole float32 tensors), with ``chunk=0`` (whole tensors through torch operations, the
+GPU code) and in many chunks (``chunk=16``: chunk offsets of the DARE stream, chunked
+magnitude-index builds). ``SMALL_TENSOR`` is set to 0 where TIES should take the magnitude
+index and fix-up path that large tensors take. The engine promises the reference's numbers; it
+computes the same float32 operations, so the tests ask for equal tensors.
 """
 
 from __future__ import annotations
@@ -70,10 +72,16 @@ def sources_for(method):
     return 1 if method == "slerp" else 2
 
 
+@pytest.fixture
+def index_everywhere(monkeypatch):
+    """TIES on tiny tensors takes the large-tensor path (magnitude index, fix-up)."""
+    monkeypatch.setattr(engine, "SMALL_TENSOR", 0)
+
+
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", list(PARAMS))
-def test_engine_equals_reference(method, dtype, chunk):
+def test_engine_equals_reference(method, dtype, chunk, index_everywhere):
     for shape in SHAPES:
         for params in PARAMS[method]:
             slot = make_slot(shape, sources_for(method), dtype)
@@ -87,15 +95,27 @@ def test_engine_equals_reference(method, dtype, chunk):
             assert torch.equal(slot.target, first)
 
 
-def test_three_sources_and_every_chunk_size():
+@pytest.mark.parametrize("small_tensor", [engine.SMALL_TENSOR, 0])
+def test_three_sources_and_every_chunk_size(small_tensor, monkeypatch):
+    monkeypatch.setattr(engine, "SMALL_TENSOR", small_tensor)
     for method in ("ties", "dare_ties", "task_arithmetic"):
         params = {"weight": [0.5, 0.2, 0.9]}
         if method != "task_arithmetic":
             params["density"] = [0.3, 0.6, 0.9]
-        for chunk in (1, 7, 64, 1000):
+        for chunk in (1, 7, 64, 1000, None):
             slot = make_slot((10, 10), 3)
             materialize([slot], recipe_for(method, params, 3), chunk=chunk)
             assert torch.equal(slot.target, reference(slot, method, params)), (method, chunk)
+
+
+def test_a_tensor_larger_than_a_kernel_block_and_the_small_tensor_limit():
+    """Defaults only: several kernel blocks, the magnitude index and the fix-up, bf16 chunks."""
+    for dtype in DTYPES:
+        for method, params in (("ties", {"weight": [0.7, 0.5], "density": [0.3, 0.8]}),
+                               ("dare_ties", {"weight": [0.7, 0.5], "density": [0.3, 0.8]})):
+            slot = make_slot((engine.SMALL_TENSOR + 4099,), 2, dtype)
+            materialize([slot], recipe_for(method, params, 2))
+            assert torch.equal(slot.target, reference(slot, method, params)), (method, dtype)
 
 
 @settings(max_examples=25, deadline=None)
@@ -117,11 +137,13 @@ def test_ties_thresholds_match_kthvalue(seed, n, d0, d1, levels, chunk):
         steps = [0.1 * torch.randn(n, generator=g) for _ in range(2)]
     slot = TensorSlot(name="x", group="g", t=0.0, target=torch.empty(n), sources=[base + s for s in steps], base=base)
     params = {"weight": [0.6, 0.8], "density": [d0, d1]}
-    materialize([slot], recipe_for("ties", params, 2), chunk=chunk)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "SMALL_TENSOR", 0)
+        materialize([slot], recipe_for("ties", params, 2), chunk=chunk)
     assert torch.equal(slot.target, reference(slot, "ties", params))
 
 
-def test_sparse_task_vector_keeps_all_when_the_threshold_is_zero():
+def test_sparse_task_vector_keeps_all_when_the_threshold_is_zero(monkeypatch):
     """Most entries unchanged: the k-th largest |tau| is 0, so every entry is kept."""
     slot = make_slot((400,), 2)
     slot.sources[1] = slot.base.clone()
@@ -129,19 +151,9 @@ def test_sparse_task_vector_keeps_all_when_the_threshold_is_zero():
     params = {"weight": [1.0, 1.0], "density": [0.5, 0.5]}
     materialize([slot], recipe_for("ties", params, 2), chunk=32)
     assert torch.equal(slot.target, reference(slot, "ties", params))
-
-
-def test_dare_with_torchs_generator_equals_the_numpy_stream(monkeypatch):
-    assert engine._numpy_stream_matches_torch()  # the fast path is the one the tests exercise
-    params = {"weight": [0.3, 0.9], "density": [0.4, 0.73]}
-    slot = make_slot((50, 7), 2)
-    materialize([slot], recipe_for("dare_ties", params, 2), chunk=16)
-    fast = slot.target.clone()
-    monkeypatch.setattr(engine, "USE_NUMPY_STREAM", False)
-    slot.target.fill_(0.0)
-    materialize([slot], recipe_for("dare_ties", params, 2), chunk=16)
-    assert torch.equal(slot.target, fast)
-    assert torch.equal(fast, reference(slot, "dare_ties", params))
+    monkeypatch.setattr(engine, "SMALL_TENSOR", 0)
+    materialize([slot], recipe_for("ties", params, 2), chunk=32)
+    assert torch.equal(slot.target, reference(slot, "ties", params))
 
 
 def test_dare_masks_depend_on_seed_and_tensor_name():
@@ -156,7 +168,7 @@ def test_dare_masks_depend_on_seed_and_tensor_name():
     assert torch.equal(a.target, first)
 
 
-def test_cache_follows_changed_sources():
+def test_cache_follows_changed_sources(index_everywhere):
     params = {"weight": [0.5, 0.5], "density": [0.3, 0.6]}
     for method in ("ties", "slerp", "dare_ties"):
         n = sources_for(method)
@@ -168,7 +180,7 @@ def test_cache_follows_changed_sources():
         assert torch.equal(slot.target, reference(slot, method, p)), method
 
 
-def test_strided_target_and_sources():
+def test_strided_target_and_sources(index_everywhere):
     g = torch.Generator().manual_seed(0)
     base = torch.randn(9, 12, generator=g)
     sources = [(base + 0.1 * torch.randn(9, 12, generator=g)).t() for _ in range(2)]  # [12, 9] strided
@@ -243,7 +255,7 @@ def test_llm_adapter_device_map_passes_through(monkeypatch):
         assert torch.equal(slot.target, reference(slot, "ties", params))
 
 
-def test_all_zero_deltas_with_negative_weights():
+def test_all_zero_deltas_with_negative_weights(index_everywhere):
     """Sums of -0 (every delta zero) elect nothing, as the reference does."""
     for chunk in (None, 8):
         slot = make_slot((50,), 2)

@@ -14,8 +14,11 @@ from evomm.merging.methods import (
     METHODS,
     MethodSpec,
     get_method,
+    keep_limit,
+    stream_key,
     trim_magnitude,
     trim_outliers,
+    uniform24,
 )
 
 FAST = settings(max_examples=25, deadline=None)
@@ -265,18 +268,53 @@ def test_random_methods_are_reproducible_from_the_seed(name):
         spec.merge(base, sources, params, seed=None)
 
 
-def test_dare_masks_are_drawn_per_source_in_order_from_a_seeded_generator():
+def test_dare_masks_come_from_each_sources_counter_based_stream():
     base, sources = tensors(6, 2, shape=(50,))
     density = [0.3, 0.8]
     out = get_method("dare_linear").merge(
         base, sources, {"weight": [1.0, 1.0], "density": density}, seed=42
     )
-    gen = torch.Generator().manual_seed(42)
     expected = base.clone()
-    for source, d in zip(sources, density):
-        keep = torch.rand(base.shape, generator=gen) < d
-        expected += torch.where(keep, source - base, 0.0) / d
+    for i, (source, d) in enumerate(zip(sources, density)):
+        keep = uniform24(stream_key(42, i), 50) < keep_limit(d)
+        expected += torch.where(keep, source - base, 0.0) * (1 / d)
     torch.testing.assert_close(out, expected)
+
+
+def test_the_stream_is_the_same_in_any_slice_and_in_the_fused_kernel():
+    """Position j's bits depend on (key, j) only, also past 2^32; the numba kernel agrees."""
+    import numpy as np
+    from numba import njit
+
+    from evomm.merging import kernels
+
+    @njit
+    def draw(key, start, n):
+        out = np.empty(n, np.int64)
+        for j in range(n):
+            out[j] = kernels.uniform24(key, np.uint64(start + j))
+        return out
+
+    for key in (0, 12345, 2**32 - 1):
+        whole = uniform24(key, 3000)
+        assert torch.equal(uniform24(key, 1000, start=2000), whole[2000:])
+        for start in (0, 2**32 - 500, 5 * 2**32 + 7):
+            assert torch.equal(torch.from_numpy(draw(np.uint32(key), start, 1000)),
+                               uniform24(key, 1000, start=start))
+    assert not torch.equal(uniform24(1, 1000, start=0), uniform24(1, 1000, start=2**32))
+
+
+def test_stream_bits_look_uniform_and_sources_are_independent():
+    n = 1 << 18
+    a = uniform24(stream_key(7, 0), n).double() / 2**24
+    b = uniform24(stream_key(7, 1), n).double() / 2**24
+    assert 0 <= a.min() and a.max() < 1
+    assert abs(a.mean().item() - 0.5) < 0.005  # std of the mean: 0.29 / 512 = 0.0006
+    counts = torch.histc(a, bins=16, min=0, max=1)
+    assert (counts - n / 16).abs().max().item() < 6 * (n / 16) ** 0.5  # ~6 sigma per bin
+    assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item()) < 0.01  # other source
+    assert abs(torch.corrcoef(torch.stack([a[1:], a[:-1]]))[0, 1].item()) < 0.01  # neighbours
+    assert len({stream_key(s, i) for s in range(50) for i in range(4)}) == 200
 
 
 @pytest.mark.parametrize("density", [0.1, 0.3, 0.7])
@@ -294,6 +332,7 @@ def test_dare_keeps_about_density_and_rescale_keeps_the_expected_delta(density):
     rescaled = dare.merge(base, [source], params, seed=0)
     kept = rescaled[rescaled != 0]
     torch.testing.assert_close(kept, torch.full_like(kept, 1 / density))
+    assert keep_limit(1.0) == 2**24  # density 1 keeps every entry
     assert abs(rescaled.mean().item() - 1.0) < 0.05  # E = 1; std sqrt((1-d)/(d n)) < 0.01
 
 

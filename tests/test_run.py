@@ -131,3 +131,14 @@ def test_train_py_runs_as_a_script(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["evomm: error: optimizer.popsize must be >= 2, got 1"]
+
+
+def test_resample_fitness_redraws_the_sample_every_generation(tmp_path, monkeypatch):
+    from tasks.toy_arith import ToyArithTask
+
+    drawn = []
+    real = ToyArithTask.resample
+    monkeypatch.setattr(ToyArithTask, "resample", lambda self, r: drawn.append(r) or real(self, r))
+    out = smoke(tmp_path / "r", "resample_fitness=true", "optimizer.generations=2", "final_eval.enabled=false")
+    assert sorted(set(drawn)) == [0, 1]
+    assert out["state"].best["sample"] == 1  # the best was re-scored on the last sample

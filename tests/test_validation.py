@@ -33,6 +33,8 @@ def run(tmp_path, *overrides):
         (["+final_eval.extra_tasks.chess={}", NOT_LOADABLE], "unknown task 'chess'"),
         (["task.fitness_samples=0", NOT_LOADABLE], "fitness_samples must be a positive integer"),
         (["+task.colour=red", NOT_LOADABLE], "does not take \\['colour'\\]"),
+        (["resample_fitness=sometimes", NOT_LOADABLE], "resample_fitness must be true or false"),
+        (["task=ja_vlm_bench", "~task.fitness_samples", "resample_fitness=true", NOT_LOADABLE], "cannot redraw"),
     ],
 )
 def test_rule(tmp_path, overrides, message):

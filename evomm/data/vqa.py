@@ -228,7 +228,7 @@ def load_vqa(
     split: str,
     layout: str,
     n: int | None = None,
-    seed: int = 0,
+    seed: int | str = 0,
 ) -> list[VQAItem]:
     """The items of one split: all records, or a seeded sample of ``n`` (kept in data order).
 

@@ -96,10 +96,10 @@ def population_evaluator(problem: Any, ctx: Distributed) -> Callable[[list[np.nd
     if not ctx.enabled:
         return None
 
-    def evaluate(xs: list[np.ndarray]) -> list[dict]:
+    def evaluate(xs: list[np.ndarray], sample: int = 0) -> list[dict]:
         xs = [np.asarray(x, dtype=np.float64) for x in xs]
-        _broadcast(("evaluate", xs), ctx.group)
-        mine = _evaluate_share(problem, xs, ctx)
+        _broadcast(("evaluate", (xs, sample)), ctx.group)
+        mine = _evaluate_share(problem, xs, sample, ctx)
         parts = _gather(mine, ctx)
         entries: list[dict | None] = [None] * len(xs)
         for part in parts:
@@ -121,10 +121,11 @@ def serve(problem: Any, ctx: Distributed) -> int:
     evaluated = 0
     try:
         while True:
-            kind, xs = _broadcast(None, ctx.group)
+            kind, payload = _broadcast(None, ctx.group)
             if kind == "stop":
                 break
-            mine = _evaluate_share(problem, xs, ctx)
+            xs, sample = payload
+            mine = _evaluate_share(problem, xs, sample, ctx)
             evaluated += len(mine)
             _gather(mine, ctx)
     finally:
@@ -133,8 +134,8 @@ def serve(problem: Any, ctx: Distributed) -> int:
     return evaluated
 
 
-def _evaluate_share(problem: Any, xs: list[np.ndarray], ctx: Distributed) -> list[tuple[int, dict]]:
-    return [(i, problem.evaluate(xs[i])) for i in share(len(xs), ctx.rank, ctx.world_size)]
+def _evaluate_share(problem: Any, xs: list[np.ndarray], sample: int, ctx: Distributed) -> list[tuple[int, dict]]:
+    return [(i, problem.evaluate(xs[i], sample)) for i in share(len(xs), ctx.rank, ctx.world_size)]
 
 
 def _broadcast(message: Any, group: Any) -> Any:

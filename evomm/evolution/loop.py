@@ -29,11 +29,17 @@ class Problem:
     adapter: Any
     task: Any
     split: str
+    resample: bool = False  # each generation scores on its own fitness sample (task.resample)
 
-    def evaluate(self, x: np.ndarray) -> dict:
-        """One history entry. Any failure is caught and recorded: one bad candidate never ends a run."""
+    def evaluate(self, x: np.ndarray, sample: int = 0) -> dict:
+        """One history entry. Any failure is caught and recorded: one bad candidate never ends a run.
+
+        ``sample``: the fitness sample to score on (the generation, when resampling; else 0).
+        """
         start = time.perf_counter()
         entry: dict[str, Any] = {"params": self.space.describe(x), "x": [float(v) for v in x]}
+        if self.resample:
+            self.task.resample(sample)
         try:
             apply_recipe(self.adapter, self.space.decode(x))
             metrics = {k: float(v) for k, v in self.task.evaluate(self.adapter.handle(), self.split).items()}
@@ -51,24 +57,26 @@ class Problem:
 
 
 class FitnessCache:
-    """Scores of the candidates already evaluated, keyed by their decoded recipe.
+    """Scores of the candidates already evaluated, keyed by their decoded recipe and sample.
 
     Two vectors that decode to the same recipe (clipped at the same bounds, a zero-width bound,
     a point proposed twice) build the same model and get the same score, so the second is not
     evaluated: its history entry copies the first one's scores with ``"cached": true`` and
     ``"cached_from": [generation, index]``. Failures are not remembered (they may be transient,
     e.g. out of memory). A resumed search rebuilds the cache from the checkpointed history.
+    With ``resample`` a score holds for its own generation's fitness sample only.
     """
 
-    def __init__(self, space: Any, history: list[dict] = ()):
+    def __init__(self, space: Any, history: list[dict] = (), resample: bool = False):
         self.space = space
+        self.resample = resample
         self._scored: dict[str, dict] = {}
         for entry in history:
             self.remember(entry)
 
-    def key(self, x: np.ndarray | list[float]) -> str:
+    def key(self, x: np.ndarray | list[float], sample: int = 0) -> str:
         recipe = self.space.decode(np.asarray(x, dtype=np.float64))
-        blob = json.dumps(recipe.to_dict(), sort_keys=True, default=repr)
+        blob = json.dumps([sample if self.resample else 0, recipe.to_dict()], sort_keys=True, default=repr)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def lookup(self, key: str) -> dict | None:
@@ -76,7 +84,7 @@ class FitnessCache:
 
     def remember(self, entry: dict, key: str | None = None) -> None:
         if entry.get("fitness") is not None and not entry.get("cached"):
-            self._scored.setdefault(key or self.key(entry["x"]), entry)
+            self._scored.setdefault(key or self.key(entry["x"], entry.get("generation", 0)), entry)
 
     def __len__(self) -> int:
         return len(self._scored)
@@ -95,7 +103,7 @@ def _scored_population(
         for entry in entries:
             entry["cached"] = False
         return entries
-    keys = [cache.key(x) for x in xs]
+    keys = [cache.key(x, generation) for x in xs]
     first: dict[str, int] = {}  # key -> index of its first occurrence in this population
     todo = [i for i, k in enumerate(keys) if cache.lookup(k) is None and first.setdefault(k, i) == i]
     entries: list[dict | None] = [None] * len(xs)
@@ -126,23 +134,31 @@ def search(
     optimizer: Optimizer,
     state: SearchState,
     generations: int,
-    evaluate_population: Callable[[list[np.ndarray]], list[dict]] | None = None,
+    evaluate_population: Callable[[list[np.ndarray], int], list[dict]] | None = None,
     on_candidate: Callable[[dict], None] = lambda entry: None,
     on_generation: Callable[[SearchState, list[dict]], None] = lambda state, entries: None,
     cache: bool = True,
 ) -> SearchState:
     """Run generations until ``generations`` are done (or the optimizer stops).
 
-    ``evaluate_population`` maps a population to history entries; the default evaluates in this
-    process, a distributed run passes one that spreads the population over ranks (see
-    ``evomm.evolution.distributed``). With ``cache`` a candidate whose recipe was already scored
-    is not evaluated again (:class:`FitnessCache`, rebuilt from ``state.history``).
+    ``evaluate_population(xs, sample)`` maps a population to history entries; the default
+    evaluates in this process, a distributed run passes one that spreads the population over
+    ranks (see ``evomm.evolution.distributed``). With ``cache`` a candidate whose recipe was
+    already scored is not evaluated again (:class:`FitnessCache`, rebuilt from ``state.history``).
+
+    With ``problem.resample`` generation g scores on fitness sample g, and the best recipe so far
+    is scored on it too before the generation's candidates are compared with it, so the best is
+    always chosen by scores on one sample (``state.best["sample"]`` says which).
     """
-    evaluate_population = evaluate_population or (lambda xs: [problem.evaluate(x) for x in xs])
-    scores = FitnessCache(problem.space, state.history) if cache else None
+    evaluate_population = evaluate_population or (lambda xs, sample: [problem.evaluate(x, sample) for x in xs])
+    scores = FitnessCache(problem.space, state.history, resample=problem.resample) if cache else None
     while state.generation < generations and not optimizer.stop():
         xs = optimizer.ask()  # popsize vectors in [0, 1]^d
-        entries = _scored_population(problem, xs, state.generation, evaluate_population, scores)
+        sample = state.generation if problem.resample else 0
+        population = lambda xs: evaluate_population(xs, sample)  # noqa: E731
+        if problem.resample and state.best is not None and state.best.get("sample") != sample:
+            state.best = _rescored(state.best, population([np.asarray(state.best["x"])])[0], sample)
+        entries = _scored_population(problem, xs, state.generation, population, scores)
         for index, entry in enumerate(entries):
             entry["generation"], entry["index"] = state.generation, index
             on_candidate(entry)
@@ -158,7 +174,15 @@ def search(
         state.history.extend(entries)
         for entry in entries:
             if entry["fitness"] is not None and (state.best is None or entry["fitness"] > state.best["fitness"]):
-                state.best = entry
+                state.best = {**entry, "sample": sample} if problem.resample else entry
         state.generation += 1
         on_generation(state, entries)
     return state
+
+
+def _rescored(best: dict, entry: dict, sample: int) -> dict:
+    """The incumbent with its scores on ``sample`` (kept as it was if that evaluation failed)."""
+    if entry["fitness"] is None:
+        return best
+    return {**best, "fitness": entry["fitness"], "metrics": entry["metrics"], "sample": sample,
+            "first_fitness": best.get("first_fitness", best["fitness"])}

@@ -3,44 +3,38 @@
 The engine knows nothing of modalities: an adapter hands it :class:`TensorSlot` objects and it
 writes ``method(base, sources, params)`` into each ``slot.target``. ``MethodSpec.merge``
 (``evomm.merging.methods``) is the reference; the engine computes the same numbers (the same
-float32 operations in the same order, so the same bits up to the sign of zero) but streams:
+float32 operations in the same order, so the same bits up to the sign of zero) without its
+temporaries:
 
-- **Chunks.** A tensor is processed in flat chunks of ``chunk`` elements (CPU default 2^17:
-  the float32 work buffers of one chunk stay in the cache). Every chunk reads the base and the
-  sources once, upcasts bf16/fp16 to float32 into reusable buffers, and writes its slice of the
-  target. No model is copied per candidate and no float32 copy of a whole tensor is made, so
-  a candidate's extra memory is a few chunk buffers. On a GPU the whole tensor is one chunk
-  (sources on the CPU are moved per tensor).
-- **CPU threads take whole tensors.** Each torch operation runs single-threaded (a chunk is too
-  small to split across cores, and OpenMP barriers stall when other processes share the cores)
-  and torch's thread count of workers merge different tensors side by side.
-- **Branch-free arithmetic.** Boolean masks are slow on CPUs, so the TIES trim is
-  ``hardshrink`` at the threshold's float32 predecessor (|x| > prev(t) is |x| >= t) and the sign
-  election uses ``copysign``/``relu``/``sign``; each is exact, not an approximation.
-- **What is computed once per tensor and cached** (per slot, while its base and sources are
-  unchanged). A full task vector cache would cost one model per source (float32: two per bf16
-  source) and break the memory budget of ``(M + 1.25) x model bytes`` for M loaded models
-  (sources and base) plus the target, so task vectors are recomputed per chunk (one subtraction
-  per element, the cheapest operation of a merge) and only small per-tensor facts are kept:
+- **CPU, task-arithmetic family** (task_arithmetic, ties, dare_ties, dare_linear): one fused
+  kernel per tensor (``evomm.merging.kernels``) reads the base and every source once and writes
+  the target once; everything in between happens on blocks held in the L1 cache. float32
+  tensors are passed whole; bf16/fp16 ones in chunks of ``chunk`` elements (CPU default 2^17)
+  upcast into reusable float32 buffers.
+- **CPU, linear and slerp**: torch operations on float32 chunks (they are one or two
+  operations per element, already near the bandwidth).
+- **GPU** (and ``chunk=0``, which runs the GPU code on the CPU for the tests): torch
+  operations on whole tensors; sources on the CPU travel per tensor.
+- **CPU threads take whole tensors.** Each torch operation runs single-threaded and torch's
+  thread count of workers merge different tensors side by side (the kernels release the GIL);
+  OpenMP barriers stall when other processes share the cores.
+- **No model is copied per candidate.** A full task-vector cache would cost one model per
+  source and break the memory budget of ``(M + 1.25) x model bytes`` for M loaded models plus
+  the target, so task vectors are recomputed on the fly (one subtraction per element). What is
+  computed once per tensor and cached (per slot, while its base and sources are unchanged):
   * TIES: a *magnitude index* per source: the exact number of task-vector entries at or above
     ~256 magnitude edges (one histogram pass over the float bits of |tau|). For any density the
-    k-th largest magnitude then lies between two known edges; the merge pass trims at the upper
+    k-th largest magnitude then lies between two known edges; the fused pass trims at the upper
     edge and collects the few entries between the edges (~n/256), the exact threshold is their
     k'-th largest, and only the entries it adds are recomputed. No kthvalue over the tensor;
     a few KB per tensor and source.
-  * DARE: the state of the random stream where each source's mask starts (see below); 2.5 KB.
   * SLERP: the angle's cosine of the tensor pair (it does not depend on t).
-- **DARE masks** follow the reference exactly: one generator seeded with
-  ``tensor_seed(recipe.seed, slot.name)`` on the device that computes the merge, masks drawn
-  source after source as ``rand(shape) < density``. On the CPU the stream is torch's MT19937,
-  reproduced with numpy's MT19937 (checked against torch once per process; torch's own
-  generator is used if they ever differ), so each source's mask can be drawn chunk by chunk from
-  its own offset. On a GPU the masks come from torch's CUDA generator, whole tensors, as the
-  reference does there: a DARE recipe gives the same model on every CPU and on every GPU, but a
-  GPU's masks differ from a CPU's (as torch's own generators do).
+- **DARE masks** are the reference's counter-based stream (``methods.uniform24``): a hash of
+  the source's key and the entry's position, computed inside the kernel. Nothing is drawn
+  ahead or cached, and every device and chunking gives the same masks.
 
-Methods without a streaming kernel (``breadcrumbs``, ``della``, ``model_stock``, TIES with
-``rescale``) are computed by ``MethodSpec.merge`` on whole tensors and copied in.
+Methods without a kernel (``breadcrumbs``, ``della``, ``model_stock``, TIES with ``rescale``)
+are computed by ``MethodSpec.merge`` on whole tensors and copied in.
 """
 
 from __future__ import annotations
@@ -60,17 +54,26 @@ from torch import Tensor
 
 from evomm.adapters.base import TensorSlot
 from evomm.errors import ConfigError, IncompatibleModelsError
-from evomm.merging.methods import MethodSpec, get_method, magnitude_threshold
+from evomm.merging import kernels
+from evomm.merging.methods import (
+    MethodSpec,
+    get_method,
+    keep_limit,
+    magnitude_threshold,
+    stream_key,
+    uniform24,
+)
 from evomm.merging.recipe import Recipe
 
-# Elements per chunk on the CPU: the ~8 float32 work buffers (512 KiB each) stay in the cache.
+# Elements per chunk for bf16/fp16 inputs on the CPU: their float32 copies stay in the cache.
 CPU_CHUNK = 1 << 17
 # Magnitude-index resolution: about this many edges per tensor and source (candidates ~ n / 256).
 INDEX_EDGES = 256
-# The methods the streaming kernels compute (others go through MethodSpec.merge).
-# Draw CPU DARE masks with numpy's MT19937 (False: torch's generator; the same numbers).
-USE_NUMPY_STREAM = True
-STREAMED = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp")
+# TIES on tensors up to this size takes its exact thresholds from kthvalue (no index needed).
+SMALL_TENSOR = 1 << 16
+# Methods the fused CPU kernel computes; methods the torch kernel computes (GPU: all of these).
+FUSED = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+STREAMED = ("linear", "slerp", *FUSED)
 
 _TINY_DIVISOR = 1e-8  # as methods.combine_task_vectors
 _SLERP_DOT_THRESHOLD = 0.9995  # as methods.slerp
@@ -98,6 +101,7 @@ def materialize(slots: Iterable[TensorSlot], recipe: Recipe, *, chunk: int | Non
     CPU chunk size in elements (tests use tiny chunks to exercise the multi-chunk paths on tiny
     tensors); ``chunk=0`` processes whole tensors with the reference's own random draws, as on a
     GPU. ``threads`` CPU threads merge slots side by side (default: torch's thread count).
+    By default the fused kernels take float32 tensors whole and others in ``CPU_CHUNK`` chunks.
     """
     spec = get_method(recipe.method)
     checked: dict[tuple, dict[str, Any]] = {}
@@ -115,7 +119,6 @@ def materialize(slots: Iterable[TensorSlot], recipe: Recipe, *, chunk: int | Non
             raise ConfigError(f"{e} (tensor {slot.name}, group {slot.group})") from None
         if slot.target.numel() > 0:
             jobs.append((slot, params, p, seed))
-    chunk = CPU_CHUNK if chunk is None else int(chunk)
     work = _Workspace(chunk)
     for job in jobs:
         if job[0].target.device.type != "cpu":
@@ -125,13 +128,15 @@ def materialize(slots: Iterable[TensorSlot], recipe: Recipe, *, chunk: int | Non
 
 def _run(spec: MethodSpec, job: tuple, work: _Workspace) -> None:
     slot, params, p, seed = job
-    if spec.name in STREAMED and not (spec.name == "ties" and p["rescale"]):
-        _merge_slot(spec.name, slot, p, seed, work)
-    else:
+    if spec.name not in STREAMED or (spec.name == "ties" and p["rescale"]):
         slot.target.copy_(spec.merge(slot.base, slot.sources, params, seed=seed))
+    elif spec.name in FUSED and slot.target.device.type == "cpu" and work.chunk != 0:
+        _fused_slot(spec.name, slot, p, seed, work)
+    else:
+        _merge_slot(spec.name, slot, p, seed, work)
 
 
-def _run_on_cpu(spec: MethodSpec, jobs: list[tuple], chunk: int, threads: int | None) -> None:
+def _run_on_cpu(spec: MethodSpec, jobs: list[tuple], chunk: int | None, threads: int | None) -> None:
     """Slots on CPU threads, largest first; every torch op inside runs single-threaded.
 
     Chunk-sized operations are too small to split across cores profitably (and OpenMP's
@@ -226,7 +231,6 @@ class _SlotCache:
 
     inputs: tuple  # (id, version) of base and sources: a change invalidates the cache
     indexes: dict[int, _MagnitudeIndex] = field(default_factory=dict)  # TIES, per source
-    streams: dict[tuple, list] = field(default_factory=dict)  # DARE: (seed, kind) -> per-source states
     slerp_dot: float | None = None
 
 
@@ -248,15 +252,19 @@ def _slot_cache(slot: TensorSlot) -> _SlotCache:
 # Work buffers and chunk views
 # ---------------------------------------------------------------------------------------------
 class _Workspace:
-    """Reusable float32 chunk buffers, one set per device (allocating per chunk is slow)."""
+    """Reusable float32 chunk buffers, one set per device (allocating per chunk is slow).
 
-    def __init__(self, chunk: int):
-        if chunk < 0:
+    ``chunk``: None for the defaults (fused kernels take float32 tensors whole, everything else
+    goes in CPU_CHUNK pieces), 0 for whole tensors through torch operations, else a chunk size.
+    """
+
+    def __init__(self, chunk: int | None):
+        if chunk is not None and chunk < 0:
             raise ValueError(f"chunk must be >= 0 (0: whole tensors), got {chunk}")
-        self.chunk = chunk
+        self.chunk = CPU_CHUNK if chunk is None else int(chunk)
+        self.whole_float32 = chunk is None
         self._buffers: dict[tuple[str, torch.device], Tensor] = {}
         self._views: dict[tuple[str, int, torch.device], Tensor] = {}  # sliced views, reused
-        self._np: dict[str, np.ndarray] = {}
 
     def buffer(self, name: str, size: int, device: torch.device) -> Tensor:
         view = self._views.get((name, size, device))
@@ -271,12 +279,6 @@ class _Workspace:
             self._views = {k: v for k, v in self._views.items() if k[0] != name or k[2] != device}
         view = self._views[(name, size, device)] = buf[:size]
         return view
-
-    def array(self, name: str, size: int, dtype) -> np.ndarray:
-        arr = self._np.get(name)
-        if arr is None or arr.size < size:
-            arr = self._np[name] = np.empty(max(size, self.chunk), dtype=dtype)
-        return arr[:size]
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -302,41 +304,46 @@ def _prev_f32(value: float) -> float:
     return float(np.nextafter(np.float32(value), np.float32(-np.inf)))
 
 
+def _flat_target(target: Tensor, inputs: list[Tensor], work: _Workspace) -> tuple[Tensor, bool]:
+    """(flat view to write, direct): direct when chunks can be written into it as float32.
+
+    A contiguous float32 target that aliases no input is written straight; another contiguous
+    target through a float32 chunk buffer; a strided one through a whole-tensor buffer that is
+    copied back at the end (``_finish_target``).
+    """
+    if not target.is_contiguous():
+        return work.buffer("out_full", target.numel(), target.device), True
+    tflat = target.view(-1)
+    direct = target.dtype == torch.float32 and not any(_overlaps(tflat, t) for t in inputs)
+    return tflat, direct
+
+
+def _finish_target(target: Tensor, tflat: Tensor) -> None:
+    if not target.is_contiguous():
+        target.copy_(tflat.view(target.shape))
+
+
 # ---------------------------------------------------------------------------------------------
 # One slot
 # ---------------------------------------------------------------------------------------------
 def _merge_slot(method: str, slot: TensorSlot, p: dict, seed: int | None, work: _Workspace) -> None:
+    """torch operations: linear and slerp in CPU chunks; every method on a GPU (whole tensors)."""
     target = slot.target
     device = target.device
     n = target.numel()
-    cache = _slot_cache(slot)
     sources = [_flat(s) for s in slot.sources]
     base = None if slot.base is None else _flat(slot.base)
-    # GPUs (and chunk=0) take whole tensors and the reference's own random draws.
-    whole = device.type != "cpu" or work.chunk == 0
-    chunk = n if whole else min(work.chunk, n)
-
-    # Write straight into the target when it is contiguous float32 and aliases no input;
-    # otherwise through a float32 chunk buffer (or, for a strided target, a whole-tensor one).
-    if target.is_contiguous():
-        tflat = target.view(-1)
-        direct = target.dtype == torch.float32 and not any(
-            _overlaps(tflat, t) for t in [base, *sources] if t is not None
-        )
-    else:
-        tflat, direct = work.buffer("out_full", n, device), True
+    # GPUs (and chunk=0) take whole tensors; on a CPU this path only runs linear and slerp.
+    chunk = n if device.type != "cpu" or work.chunk == 0 else min(work.chunk, n)
+    tflat, direct = _flat_target(target, [t for t in [base, *sources] if t is not None], work)
 
     kernel = _Kernel(method, p, len(sources), device, work)
     if method == "slerp":
-        kernel.coefs = _slerp_coefficients(cache, slot, p["t"])
+        kernel.coefs = _slerp_coefficients(_slot_cache(slot), slot, p["t"])
     if method in ("dare_ties", "dare_linear"):
-        if whole:
-            kernel.masks = _TorchMasks(seed, p["density"], p["rescale"], device)
-        else:
-            kernel.masks = _StreamMasks(cache, seed, p["density"], p["rescale"], n,
-                                        use_numpy=USE_NUMPY_STREAM and _numpy_stream_matches_torch())
+        kernel.masks = _HashMasks(seed, p["density"], p["rescale"])
     if method == "ties":
-        kernel.trim = _Trim(cache, sources, base, p["density"], n, chunk, device, work)
+        kernel.top_k = [max(1, int(d * n)) if d < 1.0 else None for d in p["density"]]
 
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -344,10 +351,74 @@ def _merge_slot(method: str, slot: TensorSlot, p: dict, seed: int | None, work: 
         kernel(None if base is None else base[start:stop], [s[start:stop] for s in sources], dst, start)
         if not direct:
             tflat[start:stop].copy_(dst)
-    if kernel.trim is not None:
-        kernel.trim.fix_up(kernel, base, sources, tflat)
-    if not target.is_contiguous():
-        target.copy_(tflat.view(target.shape))
+    _finish_target(target, tflat)
+
+
+def _fused_slot(method: str, slot: TensorSlot, p: dict, seed: int | None, work: _Workspace) -> None:
+    """The fused CPU kernel: float32 tensors in one call, others chunk by chunk via buffers."""
+    target = slot.target
+    n = target.numel()
+    sources = [_flat(s) for s in slot.sources]
+    base = _flat(slot.base)
+    m = len(sources)
+    cpu = torch.device("cpu")
+    floats = all(t.dtype == torch.float32 for t in [base, *sources])
+    chunk = n if floats and work.whole_float32 else min(work.chunk, n)
+    tflat, direct = _flat_target(target, [base, *sources], work)
+
+    density = p.get("density", [1.0] * m)
+    mix = _Mix.of(method, p, density, seed)
+    trim = _Thresholds.for_ties(_slot_cache(slot), base, sources, density, work) if method == "ties" else _Thresholds(m)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        dst = tflat[start:stop] if direct else work.buffer("out", stop - start, cpu)
+        b = _as_f32(work, "b", base[start:stop], cpu).detach().numpy()
+        srcs = tuple(_as_f32(work, f"s{i}", s[start:stop], cpu).detach().numpy() for i, s in enumerate(sources))
+        mix.run(b, srcs, dst.detach().numpy(), start, trim)
+        if not direct:
+            tflat[start:stop].copy_(dst)
+    trim.fix_up(mix, base, sources, tflat)
+    _finish_target(target, tflat)
+
+
+@dataclass
+class _Mix:
+    """The fused kernel's per-candidate constants for one slot (see kernels.merge_task_vectors)."""
+
+    weight: np.ndarray  # float32 [m]
+    random: bool  # DARE masks instead of TIES thresholds
+    keys: np.ndarray  # uint32 [m], DARE stream keys
+    limit: np.ndarray  # uint32 [m], DARE keep limits (2^24 keeps all)
+    rescale: np.ndarray  # float32 [m], DARE's 1/density or 1
+    elect: bool
+    divisor: np.float32  # elect: > 0 normalises by the kept weights; else the sum's divisor
+    lam: np.float32
+
+    @classmethod
+    def of(cls, method: str, p: dict, density: list[float], seed: int | None) -> _Mix:
+        m = len(p["weight"])
+        random = method in ("dare_ties", "dare_linear")
+        elect = method in ("ties", "dare_ties")
+        if elect:
+            divisor = 1.0 if p["normalize"] else 0.0
+        else:
+            divisor = math.fsum(p["weight"]) if p["normalize"] else 1.0
+            divisor = 1.0 if abs(divisor) < _TINY_DIVISOR else divisor
+        return cls(
+            weight=np.asarray(p["weight"], np.float32),
+            random=random,
+            keys=np.asarray([stream_key(seed, i) if random else 0 for i in range(m)], np.uint32),
+            limit=np.asarray([keep_limit(d) for d in density], np.uint32),
+            rescale=np.asarray([1.0 / d if random and p["rescale"] else 1.0 for d in density], np.float32),
+            elect=elect, divisor=np.float32(divisor), lam=np.float32(p["lambda_"]),
+        )
+
+    def run(self, base: np.ndarray, sources: tuple, out: np.ndarray, offset: int, trim: _Thresholds) -> None:
+        kernels.merge_task_vectors(
+            base, sources, out, offset, self.weight, trim.threshold, self.random, self.keys,
+            self.limit, self.rescale, self.elect, self.divisor, self.lam, trim.window,
+            trim.found_idx, trim.found_val, trim.found_n,
+        )
 
 
 class _Kernel:
@@ -355,12 +426,11 @@ class _Kernel:
 
     def __init__(self, method: str, p: dict, n_sources: int, device: torch.device, work: _Workspace):
         self.method, self.p, self.m, self.device, self.work = method, p, n_sources, device, work
-        self.masks: _StreamMasks | _TorchMasks | None = None
-        self.trim: _Trim | None = None
+        self.masks: _HashMasks | None = None
+        self.top_k: list[int | None] | None = None  # TIES: entries kept per source (None: all)
         self.coefs: tuple[float, float] | None = None
 
-    def __call__(self, base: Tensor | None, sources: list[Tensor], dst: Tensor, start: int,
-                 lambdas: list[float | None] | None = None) -> None:
+    def __call__(self, base: Tensor | None, sources: list[Tensor], dst: Tensor, start: int) -> None:
         """Write the merge of one chunk (flat views) into ``dst`` (float32, same length)."""
         work, dev, size = self.work, self.device, dst.numel()
         p, method = self.p, self.method
@@ -386,10 +456,9 @@ class _Kernel:
         for i, source in enumerate(sources):
             d = work.buffer(f"d{i}", size, dev)
             torch.sub(_as_f32(work, "s", source, dev), b32, out=d)
-            if self.trim is not None:
-                lam = self.trim.lambd(i, d, start) if lambdas is None else lambdas[i]
-                if lam is not None:
-                    torch.hardshrink(d, lam, out=d)
+            if self.top_k is not None and self.top_k[i] is not None:  # whole tensors only
+                threshold = float(magnitude_threshold(d.abs(), self.top_k[i]))
+                torch.hardshrink(d, _prev_f32(threshold), out=d)
             if self.masks is not None:
                 self.masks.apply(i, d, start)
             d.mul_(p["weight"][i])
@@ -462,38 +531,39 @@ class _MagnitudeIndex:
     zeros: int  # entries with tau == 0 exactly
 
     @classmethod
-    def build(cls, base: Tensor, source: Tensor, chunk: int, device: torch.device, work: _Workspace):
+    def build(cls, base: Tensor, source: Tensor, work: _Workspace) -> _MagnitudeIndex:
         n = source.numel()
-        counts = torch.zeros(1 << 15, dtype=torch.int64, device=device)
+        counts = np.zeros(1 << 15, dtype=np.int64)
         zeros = 0
+        cpu = torch.device("cpu")
+        chunk = n if work.whole_float32 else min(work.chunk, n)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            d = work.buffer("d0", stop - start, device)
-            torch.sub(_as_f32(work, "s", source[start:stop], device),
-                      _as_f32(work, "b", base[start:stop], device), out=d).abs_()
-            zeros += (stop - start) - int(torch.count_nonzero(d))
-            # The top 16 bits of a non-negative float32 order it: 2^15 buckets, 1/128 octave each.
-            counts += torch.bincount(d.view(torch.int32) >> 16, minlength=1 << 15)
-        at_least = torch.flip(torch.cumsum(torch.flip(counts, (0,)), 0), (0,)).cpu().numpy()
+            b = _as_f32(work, "b", base[start:stop], cpu).detach().numpy()
+            zeros += kernels.magnitude_histogram(
+                b, _as_f32(work, "s0", source[start:stop], cpu).detach().numpy(), counts)
         # at_least[b] = entries whose bucket is >= b = entries >= the bucket's lower edge.
+        at_least = np.cumsum(counts[::-1])[::-1]
         step = max(1, n // INDEX_EDGES)
         levels = np.arange(step, n + step, step)
         buckets = np.searchsorted(-at_least, -levels, side="right") - 1  # largest b: at_least[b] >= level
         buckets = np.unique(np.concatenate([buckets[buckets >= 0], [0]]))[::-1]  # descending
         edges = (buckets.astype(np.int32) << 16).view(np.float32)
-        return cls(edges=edges.copy(), at_least=at_least[buckets].astype(np.int64), zeros=zeros)
+        return cls(edges=edges.copy(), at_least=at_least[buckets].astype(np.int64), zeros=int(zeros))
 
-    def bracket(self, k: int, n: int) -> tuple[float, float, int] | float:
-        """[lo, hi) holding the k-th largest |tau| and the entries above hi, or the exact value."""
+    def bracket(self, k: int, n: int) -> tuple[float, float, int, int] | float:
+        """(lo, hi, entries >= hi, entries in [lo, hi)) around the k-th largest |tau|, or its
+        exact value when that is known (0.0: the k-th largest is a zero)."""
         j = int(np.searchsorted(self.at_least, k, side="left"))
         hi = float("inf") if j == 0 else float(self.edges[j - 1])
         above = 0 if j == 0 else int(self.at_least[j - 1])
         lo = float(self.edges[j])
+        inside = int(self.at_least[j]) - above
         if lo == 0.0:
             if k > n - self.zeros:
                 return 0.0  # the k-th largest is a zero: every entry is kept
-            lo = _MIN_SUBNORMAL
-        return lo, hi, above
+            lo, inside = _MIN_SUBNORMAL, inside - self.zeros
+        return lo, hi, above, inside
 
 
 def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:
@@ -509,191 +579,90 @@ def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:
     return merged[keep]
 
 
-class _Trim:
-    """Per-source TIES thresholds for one slot and one candidate.
+class _Thresholds:
+    """Per-source TIES thresholds for the fused kernel, for one slot and one candidate.
 
-    One chunk (small tensors, GPUs): the exact k-th largest |tau| of the chunk (= the tensor).
-    Several chunks: trim at the bracket's upper edge during the pass, collect the entries inside
-    the bracket, then ``fix_up`` recomputes the entries that the exact threshold also keeps.
+    Small tensors: the exact k-th largest |tau| (kthvalue). Larger ones: the kernel trims at the
+    magnitude index's upper edge and collects the entries inside the bracket [lo, hi); ``fix_up``
+    then finds the exact threshold among them and recomputes the entries it adds.
+    ``_Thresholds(m)`` keeps everything and collects nothing (the other methods).
     """
 
-    def __init__(self, cache: _SlotCache, sources, base, density: list[float], n: int, chunk: int,
-                 device: torch.device, work: _Workspace):
-        self.n, self.single = n, chunk >= n
-        self.exact: list[float | None] = [None] * len(sources)  # lambd for hardshrink; None: no trim
-        self.k = [max(1, int(d * n)) for d in density]
-        self.brackets: dict[int, tuple[float, float, int]] = {}  # lo, hi, entries >= hi
-        self.window: dict[int, tuple[np.uint32, np.uint32, float]] = {}
-        self.found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        if self.single:
-            self.trimmed = [d < 1.0 for d in density]
-            return
-        self.trimmed = [False] * len(sources)
+    def __init__(self, m: int):
+        self.threshold = np.zeros(m, np.float32)  # keep |tau| >= threshold; 0 keeps everything
+        self.window = np.tile(np.float32([1.0, 0.0]), (m, 1))  # lo >= hi: no window
+        self.found_idx = np.empty((m, 0), np.int64)
+        self.found_val = np.empty((m, 0), np.float32)
+        self.found_n = np.zeros(m, np.int64)
+        self.pending: dict[int, tuple[int, int]] = {}  # window sources: i -> (rank inside, count)
+
+    @classmethod
+    def for_ties(cls, cache: _SlotCache, base: Tensor, sources: list[Tensor], density: list[float],
+                 work: _Workspace) -> _Thresholds:
+        m, n = len(sources), base.numel()
+        self = cls(m)
         for i, d in enumerate(density):
             if d >= 1.0:
                 continue
+            k = max(1, int(d * n))
+            if n <= SMALL_TENSOR:
+                self.threshold[i] = float(magnitude_threshold((sources[i].float() - base.float()).abs(), k))
+                continue
             index = cache.indexes.get(i)
             if index is None:
-                index = cache.indexes[i] = _MagnitudeIndex.build(base, sources[i], chunk, device, work)
-            b = index.bracket(self.k[i], n)
-            if isinstance(b, float):
-                self.exact[i] = _prev_f32(b)
-            else:
-                lo, hi, _ = b
-                self.brackets[i], self.found[i] = b, []
-                # lo <= |tau| < hi on the float bits: (bits & 0x7fffffff) - lo_bits < hi_bits - lo_bits
-                lo_bits, hi_bits = (int(np.float32(v).view(np.uint32)) for v in (lo, hi))
-                self.window[i] = (np.uint32(lo_bits), np.uint32(hi_bits - lo_bits), _prev_f32(hi))
-        self.work = work
+                index = cache.indexes[i] = _MagnitudeIndex.build(base, sources[i], work)
+            bracket = index.bracket(k, n)
+            if isinstance(bracket, float):
+                self.threshold[i] = bracket
+                continue
+            lo, hi, above, inside = bracket
+            self.threshold[i] = hi  # provisional: keeps what is surely kept
+            self.window[i] = (lo, hi)
+            self.pending[i] = (k - above, inside)
+        capacity = max((count for _, count in self.pending.values()), default=0)
+        self.found_idx = np.empty((m, capacity), np.int64)
+        self.found_val = np.empty((m, capacity), np.float32)
+        return self
 
-    def lambd(self, i: int, tau: Tensor, start: int) -> float | None:
-        if self.single:
-            if not self.trimmed[i]:
-                return None
-            return _prev_f32(float(magnitude_threshold(tau.abs(), self.k[i])))
-        window = self.window.get(i)
-        if window is None:
-            return self.exact[i]
-        lo_bits, width, provisional = window
-        values = tau.numpy()
-        bits = self.work.array("bits", values.size, np.uint32)
-        inside = self.work.array("inside", values.size, np.bool_)
-        np.bitwise_and(values.view(np.uint32), np.uint32(0x7FFFFFFF), out=bits)
-        np.subtract(bits, lo_bits, out=bits)  # wraps below lo
-        where = np.flatnonzero(np.less(bits, width, out=inside))
-        if where.size:
-            self.found[i].append((where + start, np.abs(values[where])))
-        return provisional  # trim at hi: keep what is surely kept; fix_up adds the rest
-
-    def fix_up(self, kernel: _Kernel, base: Tensor, sources: list[Tensor], tflat: Tensor) -> None:
-        """Recompute the entries that the exact thresholds keep and the pass trimmed."""
+    def fix_up(self, mix: _Mix, base: Tensor, sources: list[Tensor], tflat: Tensor) -> None:
+        """Set the exact thresholds and recompute the entries they keep below the upper edges."""
+        if not self.pending:
+            return
+        exact = _Thresholds(len(sources))
+        exact.threshold = self.threshold
         positions = []
-        for i, (lo, hi, above) in self.brackets.items():
-            idx = np.concatenate([w for w, _ in self.found[i]]) if self.found[i] else np.zeros(0, np.int64)
-            vals = np.concatenate([v for _, v in self.found[i]]) if self.found[i] else np.zeros(0, np.float32)
-            rank = self.k[i] - above  # the threshold is the rank-th largest value inside [lo, hi)
-            threshold = float(np.partition(vals, vals.size - rank)[vals.size - rank])
-            self.exact[i] = _prev_f32(threshold)
-            positions.append(idx[vals >= threshold])
+        for i, (rank, count) in self.pending.items():
+            if self.found_n[i] != count:  # the index counted these very entries: a bug, not input
+                raise RuntimeError(f"TIES magnitude index out of date ({self.found_n[i]} != {count})")
+            values = self.found_val[i, :count]
+            threshold = np.partition(values, count - rank)[count - rank]  # the rank-th largest
+            exact.threshold[i] = threshold
+            positions.append(self.found_idx[i, :count][values >= threshold])
         where = _sorted_union(positions)
         if where.size:
-            idx = torch.from_numpy(where).to(tflat.device)
-            gathered = [s.index_select(0, idx.to(s.device)) for s in sources]
-            b = base.index_select(0, idx.to(base.device))
-            out = torch.empty(where.size, dtype=torch.float32, device=tflat.device)
-            kernel(b, gathered, out, 0, lambdas=self.exact)
-            tflat.index_copy_(0, idx, out.to(tflat.dtype))
+            idx = torch.from_numpy(where)
+            out = np.empty(where.size, np.float32)
+            gathered = tuple(s.index_select(0, idx).float().numpy() for s in sources)
+            mix.run(base.index_select(0, idx).float().numpy(), gathered, out, 0, exact)
+            tflat.index_copy_(0, idx, torch.from_numpy(out).to(tflat.dtype))
 
 
 # ---------------------------------------------------------------------------------------------
-# DARE: the reference's random masks, drawn chunk by chunk
+# DARE on the torch path: the reference's masks, for any slice of a tensor
 # ---------------------------------------------------------------------------------------------
-_MASK24 = np.uint64((1 << 24) - 1)
+class _HashMasks:
+    """Source i's mask for positions [start, start + size): ``uniform24(stream_key(seed, i))``."""
 
-
-def _mt_state(seed: int) -> np.ndarray:
-    """MT19937's init_genrand: the state torch.Generator().manual_seed(seed) starts from."""
-    key = np.empty(624, dtype=np.uint32)
-    x = seed & 0xFFFFFFFF
-    key[0] = x
-    for j in range(1, 624):
-        x = (1812433253 * (x ^ (x >> 30)) + j) & 0xFFFFFFFF
-        key[j] = x
-    return key
-
-
-def _mt_generator(key: np.ndarray, pos: int = 624) -> np.random.MT19937:
-    gen = np.random.MT19937()
-    gen.state = {"bit_generator": "MT19937", "state": {"key": key.copy(), "pos": pos}}
-    return gen
-
-
-_STREAM_CHECK: list[bool] = []
-
-
-def _numpy_stream_matches_torch() -> bool:
-    """torch.rand (float32, CPU) takes the low 24 bits of one MT19937 draw per element."""
-    if not _STREAM_CHECK:
-        seed = 1234567
-        expected = torch.rand(4099, generator=torch.Generator().manual_seed(seed)).numpy()
-        raw = _mt_generator(_mt_state(seed)).random_raw(4099)
-        got = ((raw & _MASK24).astype(np.float64) * 2.0**-24).astype(np.float32)
-        _STREAM_CHECK.append(bool(np.array_equal(expected, got)))
-    return _STREAM_CHECK[0]
-
-
-class _StreamMasks:
-    """CPU masks: source i's mask is the stream's values [i*n, (i+1)*n), drawn chunk by chunk.
-
-    Each source gets its own generator positioned at its offset (states cached per seed), so
-    the chunks of all sources can be drawn side by side. numpy's MT19937 draws ~1.6x faster
-    than torch.rand; torch's generator is the fallback.
-    """
-
-    def __init__(self, cache: _SlotCache, seed: int, density: list[float], rescale: bool, n: int,
-                 use_numpy: bool):
-        key = (seed, use_numpy)
-        states = cache.streams.get(key)
-        if states is None:
-            states = _stream_states(seed, len(density), n, use_numpy)
-            cache.streams.clear()  # one seed per slot is enough: a search keeps its seed
-            cache.streams[key] = states
-        if use_numpy:
-            self.gens = [_mt_generator(s["key"], s["pos"]) for s in states]
-        else:
-            self.gens = [torch.Generator().set_state(s) for s in states]
-        self.use_numpy, self.density, self.rescale = use_numpy, density, rescale
-        # rand < density compares in float32: (24-bit integer) * 2^-24 < float32(density)
-        # <=> integer < ceil(float32(density) * 2^24)
-        self.limits = [np.uint64(math.ceil(float(np.float32(d)) * 2.0**24)) for d in density]
-
-    def apply(self, i: int, tau: Tensor, start: int) -> None:
-        density = self.density[i]
-        if density >= 1.0:
-            return  # rand < 1 always holds, and no other source's mask depends on this stream
-        size = tau.numel()
-        if self.use_numpy:
-            raw = self.gens[i].random_raw(size)  # uint64 [size], 32 random bits each
-            np.bitwise_and(raw, _MASK24, out=raw)
-            keep = torch.from_numpy(np.less(raw, self.limits[i]))
-        else:
-            keep = torch.rand(size, generator=self.gens[i]) < density
-        tau.mul_(keep)  # tau or +-0 (the reference: where(keep, tau, 0))
-        if self.rescale:
-            tau.div_(density)
-
-
-def _stream_states(seed: int, n_sources: int, n: int, use_numpy: bool) -> list:
-    """Generator states at offsets 0, n, 2n, ... of the stream seeded with ``seed``."""
-    if use_numpy:
-        gen = _mt_generator(_mt_state(seed))
-        state = lambda: gen.state["state"]  # noqa: E731
-        advance = lambda size: gen.random_raw(size, output=False)  # noqa: E731
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        state = gen.get_state
-        advance = lambda size: torch.rand(size, generator=gen)  # noqa: E731
-    states = []
-    for i in range(n_sources):
-        states.append(state())
-        if i + 1 < n_sources:
-            for start in range(0, n, 1 << 20):
-                advance(min(1 << 20, n - start))
-    return states
-
-
-class _TorchMasks:
-    """The reference's own draws: one generator on the device, whole tensors, source order."""
-
-    def __init__(self, seed: int, density: list[float], rescale: bool, device: torch.device):
-        self.gen = torch.Generator(device=device).manual_seed(seed)
+    def __init__(self, seed: int, density: list[float], rescale: bool):
+        self.keys = [stream_key(seed, i) for i in range(len(density))]
         self.density, self.rescale = density, rescale
 
     def apply(self, i: int, tau: Tensor, start: int) -> None:
         density = self.density[i]
-        keep = torch.rand(tau.shape, generator=self.gen, device=tau.device) < density
-        kept = torch.where(keep, tau, 0.0)
-        tau.copy_(kept / density if self.rescale and density < 1.0 else kept)
+        keep = uniform24(self.keys[i], tau.numel(), tau.device, start) < keep_limit(density)
+        tau.copy_(torch.where(keep, tau, 0.0))
+        if self.rescale:
+            tau.mul_(1.0 / density)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,11 +20,12 @@ Every function computes in float32 whatever the storage dtype (each input is upc
 its inputs, and returns a fresh tensor.
 
 Where this differs from mergekit 0.1.5 (on purpose):
-- ``rescale`` of the random methods (DARE, DELLA) divides each kept entry by its keep probability
-  (the DARE paper's 1/density; DELLA's 1/p_i), which keeps E[delta] exactly. mergekit 0.1.5
-  instead rescales the kept entries to the L1 norm of the undropped delta (older mergekit used
-  1/density, as here). Random methods cannot be bit-compared with mergekit anyway: the masks
-  come from a ``torch.Generator`` seeded per call, so a seed rebuilds the same tensor.
+- ``rescale`` of the random methods (DARE, DELLA) scales each kept entry by its inverse keep
+  probability (the DARE paper's 1/density; DELLA's 1/p_i), which keeps E[delta] exactly.
+  mergekit 0.1.5 instead rescales the kept entries to the L1 norm of the undropped delta (older
+  mergekit used 1/density, as here). Random methods cannot be bit-compared with mergekit anyway:
+  here the random numbers are a counter-based hash of (seed, source, position) (``uniform24``),
+  so a seed rebuilds the same tensor on any device, in any chunking, in any process.
 - ``rescale`` of the magnitude trims (ties, breadcrumbs) is mergekit 0.1.5's L1-norm match.
 - DELLA ranks magnitudes per output row (``shape[0]`` rows, everything else flattened), for
   every tensor rank; mergekit ranks along dim 1, which for 4-D conv kernels is the input-channel
@@ -54,10 +55,13 @@ __all__ = [
     "drop_by_rank",
     "drop_random",
     "get_method",
+    "keep_limit",
     "magnitude_threshold",
     "merge_method",
+    "stream_key",
     "trim_magnitude",
     "trim_outliers",
+    "uniform24",
 ]
 
 # Divisors smaller than this are replaced by 1 in task_arithmetic-style normalisation (mergekit).
@@ -344,21 +348,67 @@ def trim_outliers(delta: Tensor, density: float, gamma: float, rescale: bool = F
     return _rescale_l1(delta, kept) if rescale else kept
 
 
-def drop_random(delta: Tensor, density: float, rescale: bool, generator: torch.Generator) -> Tensor:
-    """DARE: keep each entry with probability ``density``; divide kept entries by ``density``.
+# ---------------------------------------------------------------------------------------------
+# The random stream of DARE and DELLA: counter-based, so any slice of it can be drawn on its own
+# ---------------------------------------------------------------------------------------------
+_LOW32 = 0xFFFFFFFF
+_LOWBIAS32 = (0x7FEB352D, 0x846CA68B)  # lowbias32's multipliers
+_GOLDEN32 = 0x9E3779B9
 
-    The mask is always drawn (even for density 1), so that each source consumes the same amount
-    of the generator's stream whatever its density and a source's mask never depends on
-    another source's parameters.
+
+def stream_key(seed: int, source: int) -> int:
+    """The 32-bit key of source ``source``'s stream for a random merge seeded with ``seed``.
+
+    splitmix64 of the seed and the source index: every source gets an unrelated stream, and a
+    source's mask never depends on another source's parameters.
     """
-    keep = torch.rand(delta.shape, generator=generator, device=delta.device) < density
+    z = (int(seed) + (source + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) >> 32
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32) without int64 overflow (c = c' + 2^31)."""
+    if c < 2**31:
+        return (x * c) & _LOW32
+    return (x * (c - 2**31) + ((x & 1) << 31)) & _LOW32
+
+
+def uniform24(key: int, numel: int, device: torch.device | str = "cpu", start: int = 0) -> Tensor:
+    """24 random bits (int64 in [0, 2^24)) for positions start .. start+numel-1 of a stream.
+
+    Entry j is lowbias32(lo32(j) ^ key ^ hi32(j) * 0x9E3779B9) >> 8: a hash of the position, so
+    the numbers are the same on every device, in every chunking and in any order of drawing.
+    ``evomm.merging.kernels.uniform24`` computes the same numbers in the fused CPU kernels.
+    """
+    index = torch.arange(start, start + numel, dtype=torch.int64, device=device)
+    x = (index & _LOW32) ^ key ^ _mul32(index >> 32, _GOLDEN32)
+    x = x ^ (x >> 16)
+    x = _mul32(x, _LOWBIAS32[0])
+    x = x ^ (x >> 15)
+    x = _mul32(x, _LOWBIAS32[1])
+    x = x ^ (x >> 16)
+    return x >> 8
+
+
+def keep_limit(density: float) -> int:
+    """DARE keeps an entry where its 24 random bits are below this: u < density for
+    u = bits / 2^24 compared in float32, as ``torch.rand(...) < density`` would."""
+    return min(2**24, math.ceil(float(np.float32(density)) * 2.0**24))
+
+
+def drop_random(delta: Tensor, density: float, rescale: bool, key: int) -> Tensor:
+    """DARE: keep each entry with probability ``density``; multiply kept ones by 1/density.
+
+    The mask is ``uniform24(key, ...) < keep_limit(density)`` over the flattened tensor.
+    """
+    keep = uniform24(key, delta.numel(), delta.device).reshape(delta.shape) < keep_limit(density)
     kept = torch.where(keep, delta, 0.0)
-    return kept / density if rescale and density < 1.0 else kept
+    return kept * (1.0 / density) if rescale else kept
 
 
-def drop_by_rank(
-    delta: Tensor, density: float, epsilon: float, rescale: bool, generator: torch.Generator
-) -> Tensor:
+def drop_by_rank(delta: Tensor, density: float, epsilon: float, rescale: bool, key: int) -> Tensor:
     """DELLA's MagPrune: per output row, keep probability rises linearly with magnitude rank.
 
     For a row of m entries the smallest gets density - epsilon, the largest density + epsilon.
@@ -367,9 +417,9 @@ def drop_by_rank(
     if delta.numel() == 0:
         return delta
     rows = delta.reshape(delta.shape[0], -1) if delta.dim() >= 2 else delta.reshape(1, -1)
-    u = torch.rand(rows.shape, generator=generator, device=delta.device)  # drawn even if unused
     if density >= 1.0:
         return delta
+    u = uniform24(key, rows.numel(), delta.device).reshape(rows.shape).float() * 2.0**-24
     m = rows.shape[1]
     if m > 1:
         order = rows.abs().argsort(dim=1)  # [rows, m], ascending magnitude
@@ -436,10 +486,6 @@ def _task_vectors(base: Tensor, sources: Sequence[Tensor]) -> list[Tensor]:
     """tau_i = theta_i - base in float32 (fresh tensors, safe to modify)."""
     base32 = base.float()
     return [source.float() - base32 for source in sources]
-
-
-def _generator(base: Tensor, seed: int) -> torch.Generator:
-    return torch.Generator(device=base.device).manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,11 +583,11 @@ def ties(
 
 def _dare(base: Tensor, sources: Sequence[Tensor], weight: list[float], density: list[float],
           normalize: bool, lambda_: float, rescale: bool, seed: int, elect_sign: bool) -> Tensor:
-    """Drop each task-vector entry with probability 1 - density (one seeded stream, masks drawn
-    source by source), rescale the kept ones, then combine with or without sign election."""
-    gen = _generator(base, seed)
+    """Drop each task-vector entry with probability 1 - density (source i's mask from
+    stream_key(seed, i)), rescale the kept ones, then combine with or without sign election."""
     deltas = [
-        drop_random(tau, d, rescale, gen) for tau, d in zip(_task_vectors(base, sources), density)
+        drop_random(tau, d, rescale, stream_key(seed, i))
+        for i, (tau, d) in enumerate(zip(_task_vectors(base, sources), density))
     ]
     return combine_task_vectors(
         base, deltas, weight, elect_sign=elect_sign, normalize=normalize, lambda_=lambda_
@@ -640,10 +686,9 @@ def della(
     seed: int,
 ) -> Tensor:
     """DELLA: magnitude-ranked random drop (MagPrune) of each task vector, then TIES election."""
-    gen = _generator(base, seed)
     deltas = [
-        drop_by_rank(tau, d, e, rescale, gen)
-        for tau, d, e in zip(_task_vectors(base, sources), density, epsilon)
+        drop_by_rank(tau, d, e, rescale, stream_key(seed, i))
+        for i, (tau, d, e) in enumerate(zip(_task_vectors(base, sources), density, epsilon))
     ]
     return combine_task_vectors(
         base, deltas, weight, elect_sign=True, normalize=normalize, lambda_=lambda_
