@@ -6,11 +6,9 @@ done both ways a CPU can (torch splitting each add over its threads; single-thre
 whole tensors side by side, as the engine works), the faster one counting. A
 materialisation reads the base and every expert and writes the target, plus the method's
 arithmetic. Each candidate gets fresh weights and densities (as a search does); the first call,
-which builds the per-tensor caches, is reported separately. The two are timed alternately; the
-ratio uses the fastest run of each (medians are reported too), since other processes share the
-cores. DARE lines also give the time to draw the masks' random stream alone: the reference's
-masks are torch's MT19937 stream, one 32-bit draw per entry and source, and no arithmetic can
-make the method faster than that.
+which builds the per-tensor caches (and, in a fresh process, compiles the kernels), is reported
+separately. The two are timed alternately; the ratio uses the fastest run of each (medians are
+reported too), since other processes share the cores.
 
     python bench/materialize.py [--small] [--threads N] [--repeats N]
 """
@@ -85,28 +83,11 @@ def main() -> None:
                 times += timed(candidate, 1)
             # The machine is shared: the fastest of the interleaved runs is each one's own speed.
             f, t = min(floors), min(times)
-            extra = {}
-            if method.startswith("dare"):
-                extra["mask_stream_seconds"] = round(min(timed(lambda: mask_stream(slots, len(experts)), 2)), 4)
             emit(bench="materialize", method=method, seconds=round(t, 4), floor_seconds=round(f, 4),
                  ratio=round(t / f, 2), target_ratio=TARGET, median_seconds=round(median(times), 4),
                  median_floor_seconds=round(median(floors), 4), first_call_seconds=round(first, 4),
                  params=sum(s.target.numel() for s in slots), model_bytes=nbytes,
-                 models_loaded=1 + len(experts), small=args.small, **extra)
-
-
-def mask_stream(slots, n_sources: int) -> None:
-    """DARE's own floor: drawing the MT19937 stream of every mask (one 32-bit draw per entry and
-    source, sources side by side on torch's thread count), with no arithmetic at all."""
-    sizes = [s.target.numel() for s in slots for _ in range(n_sources)]
-
-    def draw(size: int) -> None:
-        gen = np.random.MT19937(size)
-        for start in range(0, size, 1 << 20):
-            gen.random_raw(min(1 << 20, size - start), output=False)
-
-    with ThreadPoolExecutor(max_workers=torch.get_num_threads()) as pool:
-        list(pool.map(draw, sorted(sizes, reverse=True)))
+                 models_loaded=1 + len(experts), small=args.small)
 
 
 if __name__ == "__main__":

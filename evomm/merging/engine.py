@@ -23,11 +23,11 @@ temporaries:
   the target, so task vectors are recomputed on the fly (one subtraction per element). What is
   computed once per tensor and cached (per slot, while its base and sources are unchanged):
   * TIES: a *magnitude index* per source: the exact number of task-vector entries at or above
-    ~256 magnitude edges (one histogram pass over the float bits of |tau|). For any density the
-    k-th largest magnitude then lies between two known edges; the fused pass trims at the upper
-    edge and collects the few entries between the edges (~n/256), the exact threshold is their
-    k'-th largest, and only the entries it adds are recomputed. No kthvalue over the tensor;
-    a few KB per tensor and source.
+    magnitude edges placed every ~128 entries (one histogram pass over the float bits of
+    |tau|). For any density the k-th largest magnitude then lies between two known edges; the
+    fused pass trims at the upper edge and collects the few entries between the edges, the
+    exact threshold is their k'-th largest, and only the entries it adds are recomputed. No
+    kthvalue over the tensor; 12 bytes per 128 entries (~2% of a float32 tensor) per source.
   * SLERP: the angle's cosine of the tensor pair (it does not depend on t).
 - **DARE masks** are the reference's counter-based stream (``methods.uniform24``): a hash of
   the source's key and the entry's position, computed inside the kernel. Nothing is drawn
@@ -67,8 +67,13 @@ from evomm.merging.recipe import Recipe
 
 # Elements per chunk for bf16/fp16 inputs on the CPU: their float32 copies stay in the cache.
 CPU_CHUNK = 1 << 17
-# Magnitude-index resolution: about this many edges per tensor and source (candidates ~ n / 256).
+# Magnitude index: an edge every WINDOW entries (at least INDEX_EDGES edges per tensor), so the
+# entries between two edges that the fused pass collects are ~WINDOW (or n / INDEX_EDGES) per
+# tensor and source; the index costs 12 bytes per WINDOW entries (~2% of a float32 tensor).
 INDEX_EDGES = 256
+WINDOW = 128
+OCTAVES = 24  # the index resolves magnitudes down to 2^-24 of the largest; below, one bucket
+_SHIFT = 8  # magnitude buckets: float32 bits >> 8 (2^15 buckets per octave)
 # TIES on tensors up to this size takes its exact thresholds from kthvalue (no index needed).
 SMALL_TENSOR = 1 << 16
 # Methods the fused CPU kernel computes; methods the torch kernel computes (GPU: all of these).
@@ -532,24 +537,38 @@ class _MagnitudeIndex:
 
     @classmethod
     def build(cls, base: Tensor, source: Tensor, work: _Workspace) -> _MagnitudeIndex:
+        """Two passes over |tau|: its largest value, then a histogram of its float bits.
+
+        Buckets are 1/32768 octave (bits >> 8) over the OCTAVES octaves below the largest
+        magnitude (smaller ones share the lowest bucket), so a bucket rarely holds more than
+        WINDOW entries and the edges can be placed every WINDOW entries.
+        """
         n = source.numel()
-        counts = np.zeros(1 << 15, dtype=np.int64)
-        zeros = 0
         cpu = torch.device("cpu")
         chunk = n if work.whole_float32 else min(work.chunk, n)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            b = _as_f32(work, "b", base[start:stop], cpu).detach().numpy()
-            zeros += kernels.magnitude_histogram(
-                b, _as_f32(work, "s0", source[start:stop], cpu).detach().numpy(), counts)
-        # at_least[b] = entries whose bucket is >= b = entries >= the bucket's lower edge.
+
+        def chunks():
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                yield (_as_f32(work, "b", base[start:stop], cpu).detach().numpy(),
+                       _as_f32(work, "s0", source[start:stop], cpu).detach().numpy())
+
+        top = max(float(kernels.magnitude_max(b, s)) for b, s in chunks())
+        high = int(np.float32(top).view(np.uint32)) >> _SHIFT
+        low = max(0, high - OCTAVES * (1 << (23 - _SHIFT)))
+        counts = np.zeros(high - low + 1, dtype=np.int64)
+        zeros = sum(int(kernels.magnitude_histogram(b, s, counts, np.uint32(_SHIFT), np.uint32(low)))
+                    for b, s in chunks())
+        # at_least[b] = entries whose bucket is >= b = entries >= the bucket's lower edge
+        # (bucket 0's edge is 0: it holds everything below bucket 1).
         at_least = np.cumsum(counts[::-1])[::-1]
-        step = max(1, n // INDEX_EDGES)
+        step = max(1, min(n // INDEX_EDGES, WINDOW))
         levels = np.arange(step, n + step, step)
         buckets = np.searchsorted(-at_least, -levels, side="right") - 1  # largest b: at_least[b] >= level
         buckets = np.unique(np.concatenate([buckets[buckets >= 0], [0]]))[::-1]  # descending
-        edges = (buckets.astype(np.int32) << 16).view(np.float32)
-        return cls(edges=edges.copy(), at_least=at_least[buckets].astype(np.int64), zeros=int(zeros))
+        edges = ((buckets + low).astype(np.uint32) << _SHIFT).view(np.float32)
+        edges[buckets == 0] = 0.0
+        return cls(edges=edges.copy(), at_least=at_least[buckets].astype(np.int64), zeros=zeros)
 
     def bracket(self, k: int, n: int) -> tuple[float, float, int, int] | float:
         """(lo, hi, entries >= hi, entries in [lo, hi)) around the k-th largest |tau|, or its
@@ -619,7 +638,7 @@ class _Thresholds:
             self.threshold[i] = hi  # provisional: keeps what is surely kept
             self.window[i] = (lo, hi)
             self.pending[i] = (k - above, inside)
-        capacity = max((count for _, count in self.pending.values()), default=0)
+        capacity = max((count for _, count in self.pending.values()), default=0) + kernels.BLOCK  # slack
         self.found_idx = np.empty((m, capacity), np.int64)
         self.found_val = np.empty((m, capacity), np.float32)
         return self

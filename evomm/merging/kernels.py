@@ -54,11 +54,25 @@ def uniform24(key, index):
 
 
 @njit(nogil=True, cache=True)
-def magnitude_histogram(base, source, counts):
-    """counts[b] += entries of |source - base| whose float32 bits >> 16 equal b; returns zeros.
+def magnitude_max(base, source):
+    """The largest |source - base| (float32)."""
+    top = np.float32(0.0)
+    for s0 in range(0, base.size, BLOCK):
+        size = min(BLOCK, base.size - s0)
+        b, s = base[s0:s0 + size], source[s0:s0 + size]  # views: indexing them vectorises
+        for j in range(size):
+            top = max(top, abs(s[j] - b[j]))
+    return top
 
-    The top 16 bits of a non-negative float32 order it (2^15 buckets, 1/128 octave each): the
-    TIES magnitude index (``engine._MagnitudeIndex``) is built from these counts.
+
+@njit(nogil=True, cache=True)
+def magnitude_histogram(base, source, counts, shift, low):
+    """counts[max(bits >> shift, low) - low] += 1 for the float32 bits of every |source - base|.
+
+    A non-negative float32 is ordered by its bits, so bits >> shift is a bucket of magnitudes
+    (shift 8: 1/32768 octave); everything below bucket ``low`` lands in bucket 0. Returns the
+    number of exact zeros. The TIES magnitude index (``engine._MagnitudeIndex``) is built from
+    these counts.
     """
     n = base.size
     block = np.empty(BLOCK, np.float32)
@@ -70,15 +84,58 @@ def magnitude_histogram(base, source, counts):
         for j in range(size):
             block[j] = abs(s[j] - b[j])
         for j in range(size):
-            counts[bits[j] >> 16] += 1
+            counts[max(bits[j] >> shift, low) - low] += 1
             zeros += bits[j] == 0
     return zeros
+
+
+@njit(inline="always")
+def _delta(x, i, position, random, threshold, keys, limit, rescale, weight):
+    """w_i * sparsify_i(x): the TIES trim or the DARE mask and rescale of one task-vector entry."""
+    if random:
+        x = (x if uniform24(keys[i], position) < limit[i] else np.float32(0.0)) * rescale[i]
+    else:
+        x = x if abs(x) >= threshold[i] else np.float32(0.0)
+    return x * weight[i]
+
+
+@njit(inline="always")
+def _merge_one(base, sources, out, j, position, random, elect, normalize, threshold, keys, limit,
+               rescale, weight, divisor, lam, lo, hi):
+    """out[j]; returns how many of its task-vector entries lie inside their source's window.
+
+    With ``elect`` the deltas are computed twice (once for the majority sign, once to keep the
+    agreeing ones): recomputing from the cache is cheaper than storing them.
+    """
+    zero, one = np.float32(0.0), np.float32(1.0)
+    bj = base[j]
+    hits = 0
+    total = zero  # the reference sums from zero: 0 + d_0 + d_1 + ...
+    for i in range(len(sources)):
+        x = sources[i][j] - bj
+        hits += 1 if (abs(x) >= lo[i]) & (abs(x) < hi[i]) else 0
+        total += _delta(x, i, position, random, threshold, keys, limit, rescale, weight)
+    if not elect:
+        out[j] = bj + (total / divisor) * lam
+        return hits
+    # sign(d) == majority  <=>  d * majority > 0 (majority = +-1; zeros never agree)
+    majority = one if total >= zero else -one
+    kept, kept_weight = zero, zero
+    for i in range(len(sources)):
+        d = _delta(sources[i][j] - bj, i, position, random, threshold, keys, limit, rescale, weight)
+        agree = d * majority > zero
+        kept += d if agree else zero
+        kept_weight += weight[i] if agree else zero
+    if normalize:
+        kept = kept / (one if kept_weight == zero else kept_weight)
+    out[j] = bj + kept * lam
+    return hits
 
 
 @njit(nogil=True, cache=True)
 def merge_task_vectors(base, sources, out, offset, weight, threshold, random, keys, limit, rescale,
                        elect, divisor, lam, window, found_idx, found_val, found_n):
-    """out = base + lam * combine_i(w_i * sparsify_i(source_i - base)), block by block.
+    """out = base + lam * combine_i(w_i * sparsify_i(source_i - base)), element by element.
 
     base, sources[i], out: float32 [n], one chunk of a tensor; ``offset`` is the chunk's first
     element in the tensor (the DARE stream position, and the positions written to found_idx).
@@ -90,75 +147,62 @@ def merge_task_vectors(base, sources, out, offset, weight, threshold, random, ke
     agreeing deltas, divide by the sum of the kept weights (0 -> 1) when ``divisor`` > 0, which
     is the normalize switch here. Otherwise the plain sum divided by ``divisor`` (1: none).
     window[i] = [lo, hi): positions and values of the raw |tau_i| inside are appended to
-    found_idx[i] / found_val[i] at found_n[i] (the TIES fix-up; lo >= hi: none). Products with
-    1 are exact, so the reference's skipped steps (lambda 1, no rescale) need no branches here.
+    found_idx[i] / found_val[i] at found_n[i] (the TIES fix-up; lo >= hi: none); the arrays need
+    BLOCK entries of room beyond the expected count (found_n > capacity: more than expected).
+    Products with 1 and divisions by 1 are exact, so the reference's skipped steps (lambda 1, no
+    rescale, no normalize) need no branches here.
+
+    The loop over the sources has a constant trip count (the tuple's length), so the compiler
+    unrolls it and vectorises the loop over elements: one read of every input and one write.
+    Unsigned indices spare the negative-index checks that would stop the vectorisation.
     """
     n = out.size
-    m = len(sources)
-    deltas = np.empty((m, BLOCK), np.float32)
-    total = np.empty(BLOCK, np.float32)
-    kept = np.empty(BLOCK, np.float32)
-    kept_weight = np.empty(BLOCK, np.float32)
-    one, zero = np.float32(1.0), np.float32(0.0)
+    lo, hi = window[:, 0].copy(), window[:, 1].copy()
+    normalize = divisor > np.float32(0.0)
     for s0 in range(0, n, BLOCK):
-        size = min(BLOCK, n - s0)
-        b, o = base[s0:s0 + size], out[s0:s0 + size]  # views: indexing them vectorises
-        for i in range(m):
-            src = sources[i][s0:s0 + size]
-            d = deltas[i]
-            lo, hi = window[i, 0], window[i, 1]
-            if lo < hi:
-                c = found_n[i]
-                for j in range(size):
-                    a = abs(src[j] - b[j])
-                    if a >= lo and a < hi:
-                        if c < found_idx.shape[1]:
-                            found_idx[i, c] = offset + s0 + j
-                            found_val[i, c] = a
-                        c += 1
-                found_n[i] = c
-            t, w, r = threshold[i], weight[i], rescale[i]
-            first_source = i == 0  # the reference sums from zero: 0 + d_0 + d_1 + ...
-            if random:
-                key, lim = keys[i], limit[i]
-                first = np.uint64(offset + s0)
-                for j in range(size):
-                    x = src[j] - b[j]
-                    x = x if uniform24(key, first + np.uint64(j)) < lim else zero
-                    x = (x * r) * w
-                    d[j] = x
-                    total[j] = (zero if first_source else total[j]) + x
-            else:
-                for j in range(size):
-                    x = src[j] - b[j]
-                    x = x if abs(x) >= t else zero
-                    x = x * w
-                    d[j] = x
-                    total[j] = (zero if first_source else total[j]) + x
-        if elect:
-            # sign(d) == majority  <=>  d * majority > 0 (majority = +-1; zeros never agree).
-            # The last source's sums go straight into the output.
-            for i in range(m - 1):
-                d, w, first_source = deltas[i], weight[i], i == 0
-                for j in range(size):
-                    agree = d[j] * (one if total[j] >= zero else -one) > zero
-                    kept[j] = (zero if first_source else kept[j]) + (d[j] if agree else zero)
-                    kept_weight[j] = (zero if first_source else kept_weight[j]) + (w if agree else zero)
-            d, w, only = deltas[m - 1], weight[m - 1], m == 1
-            if divisor > zero:  # normalize: divide by the kept weights (0 -> 1)
-                for j in range(size):
-                    agree = d[j] * (one if total[j] >= zero else -one) > zero
-                    k = (zero if only else kept[j]) + (d[j] if agree else zero)
-                    kw = (zero if only else kept_weight[j]) + (w if agree else zero)
-                    o[j] = b[j] + (k / (one if kw == zero else kw)) * lam
-            else:
-                for j in range(size):
-                    agree = d[j] * (one if total[j] >= zero else -one) > zero
-                    k = (zero if only else kept[j]) + (d[j] if agree else zero)
-                    o[j] = b[j] + k * lam
-        elif divisor != one:
-            for j in range(size):
-                o[j] = b[j] + (total[j] / divisor) * lam
+        s1 = min(n, s0 + BLOCK)
+        hits = 0
+        first = np.uint64(offset + s0) - np.uint64(s0)  # position = first + j
+        # four copies of the loop, one per (random, elect): each compiled without the branches
+        if random and elect:
+            for jj in range(s0, s1):
+                j = np.uint64(jj)
+                hits += _merge_one(base, sources, out, j, first + j, True, True, normalize, threshold,
+                                   keys, limit, rescale, weight, divisor, lam, lo, hi)
+        elif random:
+            for jj in range(s0, s1):
+                j = np.uint64(jj)
+                hits += _merge_one(base, sources, out, j, first + j, True, False, normalize, threshold,
+                                   keys, limit, rescale, weight, divisor, lam, lo, hi)
+        elif elect:
+            for jj in range(s0, s1):
+                j = np.uint64(jj)
+                hits += _merge_one(base, sources, out, j, first + j, False, True, normalize, threshold,
+                                   keys, limit, rescale, weight, divisor, lam, lo, hi)
         else:
-            for j in range(size):
-                o[j] = b[j] + total[j] * lam
+            for jj in range(s0, s1):
+                j = np.uint64(jj)
+                hits += _merge_one(base, sources, out, j, first + j, False, False, normalize, threshold,
+                                   keys, limit, rescale, weight, divisor, lam, lo, hi)
+        if hits:
+            _collect(base, sources, s0, s1, offset, lo, hi, found_idx, found_val, found_n)
+
+
+@njit(inline="always")
+def _collect(base, sources, s0, s1, offset, lo, hi, found_idx, found_val, found_n):
+    """Append the block's entries inside each source's window (branch-free compaction)."""
+    for i in range(len(sources)):
+        if not lo[i] < hi[i]:
+            continue
+        c = found_n[i]
+        if c + (s1 - s0) > found_idx.shape[1]:  # more than the index counted: a stale index
+            found_n[i] = found_idx.shape[1] + 1
+            continue
+        src = sources[i]
+        for jj in range(s0, s1):
+            j = np.uint64(jj)
+            a = abs(src[j] - base[j])
+            found_idx[i, c] = offset + jj
+            found_val[i, c] = a
+            c += 1 if (a >= lo[i]) & (a < hi[i]) else 0
+        found_n[i] = c
