@@ -1,7 +1,7 @@
 """Peak resident memory of a search vs (M + 1) x model bytes (M models loaded, plus the target).
 
 A fresh subprocess imports everything and warms the libraries up on a tiny model (its
-baseline: what does not grow with the model), loads the adapter (base and two experts,
+baseline: what does not grow with the model, the compiled merge kernels included), loads the adapter (base and two experts,
 float32: M = 3) and runs a short TIES search, then a DARE-TIES one, at layer granularity with a
 forward-pass fitness, while a thread samples the resident set size every few milliseconds. The
 figure is the peak during the search minus the baseline, in model sizes; ru_maxrss (the peak
@@ -37,7 +37,8 @@ def child(base: str, experts: list[str]) -> None:
     from evomm.evolution.checkpoint import SearchState
     from evomm.evolution.loop import Problem, search
     from evomm.evolution.optimizers import build_optimizer
-    from evomm.merging.recipe import Recipe
+    from evomm.merging.engine import materialize
+    from evomm.merging.recipe import Entry, Recipe
     from evomm.merging.space import SearchSpace, build_units
 
     quiet_libraries()
@@ -55,6 +56,9 @@ def child(base: str, experts: list[str]) -> None:
         with torch.inference_mode():
             warm.model(input_ids=torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long))
         build_optimizer("cmaes", dim=2, seed=0)  # importing pycma alone takes ~100 MB
+        for method in ("ties", "dare_ties"):  # loads the compiled merge kernels (numba, LLVM)
+            materialize(warm.slots(), Recipe(adapter="llm", method=method, models=[tmp, tmp], base=tmp, seed=0,
+                                             entries=[Entry(params={"weight": [0.5, 0.5], "density": [0.5, 0.5]})]))
     del tiny, warm
     baseline = proc.memory_info().rss
     adapter = LLMAdapter(models=experts, base=base, device="cpu", require_tokenizer=False)

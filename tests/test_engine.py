@@ -264,3 +264,14 @@ def test_all_zero_deltas_with_negative_weights(index_everywhere):
         params = {"weight": [-0.5, -0.3], "density": [0.5, 1.0], "normalize": True}
         materialize([slot], recipe_for("ties", params, 2), chunk=chunk)
         assert torch.equal(slot.target, reference(slot, "ties", params))
+
+
+def test_a_stale_magnitude_index_is_an_error_not_a_wrong_merge(index_everywhere):
+    """Writing through .data bypasses the version counter the cache watches: the fused pass
+    then finds other entries between the edges than the index counted, and says so."""
+    slot = make_slot((4000,), 2)
+    params = {"weight": [0.5, 0.5], "density": [0.3, 0.6]}
+    materialize([slot], recipe_for("ties", params, 2))
+    slot.sources[0].data.mul_(3.0)
+    with pytest.raises(RuntimeError, match="magnitude index out of date"):
+        materialize([slot], recipe_for("ties", params, 2))
