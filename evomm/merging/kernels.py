@@ -2,9 +2,10 @@
 
 One call reads the base and every source once and writes the merged tensor once: the task
 vectors, the TIES trim or DARE mask, the weights, the sign election, the divisor and lambda are
-all applied to a block of ``BLOCK`` elements held in the L1 cache before the next block is
-read. A merge through torch operations instead makes ~25 passes over its buffers; fused, it runs
-near the memory bandwidth (``bench/materialize.py``).
+all computed per element in registers (a vectorised loop). A merge through torch operations
+instead makes ~25 passes over its buffers; fused, it runs at 1.5-2.5x a streaming pass
+(``bench/materialize.py``). Elements go in blocks of ``BLOCK`` only so that the rare blocks
+holding TIES window entries can be scanned again while they are in the cache.
 
 The arithmetic is the reference's (``evomm.merging.methods``), operation for operation in
 float32 (no fast-math: no reassociation, no fused multiply-adds), so the results are the same
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Elements per block: the float32 block buffers of a few sources stay in the L1/L2 cache.
+# Elements per block: a block is re-read from the cache when it holds TIES window entries.
 BLOCK = 1024
 
 _C1 = np.uint32(0x7FEB352D)  # lowbias32's multipliers (a well-mixing 32-bit integer hash)
