@@ -275,3 +275,12 @@ def test_a_stale_magnitude_index_is_an_error_not_a_wrong_merge(index_everywhere)
     slot.sources[0].data.mul_(3.0)
     with pytest.raises(RuntimeError, match="magnitude index out of date"):
         materialize([slot], recipe_for("ties", params, 2))
+
+
+def test_fused_kernels_copy_only_chunks_of_non_float32_inputs():
+    """float32 inputs go to the kernel whole; a bf16 one (merge or index build) in chunks."""
+    n = engine.CPU_CHUNK * 3
+    f32, bf16 = torch.zeros(n), torch.zeros(n, dtype=torch.bfloat16)
+    assert engine._Workspace(None).fused_chunk(n, [f32, f32]) == n
+    assert engine._Workspace(None).fused_chunk(n, [f32, bf16]) == engine.CPU_CHUNK
+    assert engine._Workspace(16).fused_chunk(n, [f32, f32]) == 16

@@ -181,8 +181,10 @@ def search(
 
 
 def _rescored(best: dict, entry: dict, sample: int) -> dict:
-    """The incumbent with its scores on ``sample`` (kept as it was if that evaluation failed)."""
+    """The incumbent with its scores on ``sample`` (kept as it was if that evaluation failed).
+
+    Its first scores stay in the history, at its own generation and index.
+    """
     if entry["fitness"] is None:
         return best
-    return {**best, "fitness": entry["fitness"], "metrics": entry["metrics"], "sample": sample,
-            "first_fitness": best.get("first_fitness", best["fitness"])}
+    return {**best, "fitness": entry["fitness"], "metrics": entry["metrics"], "sample": sample}

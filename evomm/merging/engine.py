@@ -8,7 +8,7 @@ temporaries:
 
 - **CPU, task-arithmetic family** (task_arithmetic, ties, dare_ties, dare_linear): one fused
   kernel per tensor (``evomm.merging.kernels``) reads the base and every source once and writes
-  the target once; everything in between happens on blocks held in the L1 cache. float32
+  the target once; everything in between is computed per element in registers. float32
   tensors are passed whole; bf16/fp16 ones in chunks of ``chunk`` elements (CPU default 2^17)
   upcast into reusable float32 buffers.
 - **CPU, linear and slerp**: torch operations on float32 chunks (they are one or two
@@ -285,6 +285,13 @@ class _Workspace:
         view = self._views[(name, size, device)] = buf[:size]
         return view
 
+    def fused_chunk(self, n: int, inputs: list[Tensor]) -> int:
+        """Elements per call of a fused CPU kernel over ``inputs`` (n each): all of them when
+        they are float32 (no copies needed) unless a chunk size was asked for, else a chunk."""
+        if self.whole_float32 and all(t.dtype == torch.float32 for t in inputs):
+            return n
+        return min(self.chunk, n)
+
 
 def _flat(t: Tensor) -> Tensor:
     return t.reshape(-1)  # a view for contiguous tensors (copies only non-contiguous ones)
@@ -302,6 +309,12 @@ def _overlaps(a: Tensor, b: Tensor) -> bool:
         return False
     a0, b0 = a.data_ptr(), b.data_ptr()
     return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
+def _sum_divisor(weight: list[float]) -> float:
+    """Task arithmetic's normalisation: sum of the weights, 1 when it is ~0 (as the reference)."""
+    divisor = math.fsum(weight)
+    return 1.0 if abs(divisor) < _TINY_DIVISOR else divisor
 
 
 def _prev_f32(value: float) -> float:
@@ -367,8 +380,7 @@ def _fused_slot(method: str, slot: TensorSlot, p: dict, seed: int | None, work: 
     base = _flat(slot.base)
     m = len(sources)
     cpu = torch.device("cpu")
-    floats = all(t.dtype == torch.float32 for t in [base, *sources])
-    chunk = n if floats and work.whole_float32 else min(work.chunk, n)
+    chunk = work.fused_chunk(n, [base, *sources])
     tflat, direct = _flat_target(target, [base, *sources], work)
 
     density = p.get("density", [1.0] * m)
@@ -407,8 +419,7 @@ class _Mix:
         if elect:
             divisor = 1.0 if p["normalize"] else 0.0
         else:
-            divisor = math.fsum(p["weight"]) if p["normalize"] else 1.0
-            divisor = 1.0 if abs(divisor) < _TINY_DIVISOR else divisor
+            divisor = _sum_divisor(p["weight"]) if p["normalize"] else 1.0
         return cls(
             weight=np.asarray(p["weight"], np.float32),
             random=random,
@@ -475,8 +486,7 @@ class _Kernel:
             for d in deltas[1:]:
                 mixed.add_(d)
             if p["normalize"]:
-                divisor = math.fsum(p["weight"])
-                mixed.div_(1.0 if abs(divisor) < _TINY_DIVISOR else divisor)
+                mixed.div_(_sum_divisor(p["weight"]))
         if p["lambda_"] != 1.0:
             mixed.mul_(p["lambda_"])
         torch.add(b32, mixed, out=dst)
@@ -545,7 +555,7 @@ class _MagnitudeIndex:
         """
         n = source.numel()
         cpu = torch.device("cpu")
-        chunk = n if work.whole_float32 else min(work.chunk, n)
+        chunk = work.fused_chunk(n, [base, source])
 
         def chunks():
             for start in range(0, n, chunk):
