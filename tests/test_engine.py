@@ -137,10 +137,46 @@ def test_ties_thresholds_match_kthvalue(seed, n, d0, d1, levels, chunk):
         steps = [0.1 * torch.randn(n, generator=g) for _ in range(2)]
     slot = TensorSlot(name="x", group="g", t=0.0, target=torch.empty(n), sources=[base + s for s in steps], base=base)
     params = {"weight": [0.6, 0.8], "density": [d0, d1]}
+    expected = reference(slot, "ties", params)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "SMALL_TENSOR", 0)
-        materialize([slot], recipe_for("ties", params, 2), chunk=chunk)
-    assert torch.equal(slot.target, reference(slot, "ties", params))
+        for _ in ("single-use thresholds", "magnitude index"):
+            materialize([slot], recipe_for("ties", params, 2), chunk=chunk)
+            assert torch.equal(slot.target, expected)
+
+
+@pytest.mark.parametrize("chunk", [None, 1000])
+@pytest.mark.parametrize("layout", ["gaussian", "levels", "unlike the sample"])
+def test_single_use_threshold_is_the_kth_largest_or_none(layout, chunk, monkeypatch):
+    """The sampled bracket plus one counting pass give kthvalue's value exactly; a bracket that
+    misses (the sample saw none of the large entries) answers None, never a wrong value."""
+    g = torch.Generator().manual_seed(3)
+    n = 50_000
+    base = torch.randn(n, generator=g)
+    if layout == "gaussian":
+        tau = torch.randn(n, generator=g)
+    elif layout == "levels":  # few distinct magnitudes: the bracket's ends coincide or hold many
+        tau = torch.randint(-2, 3, (n,), generator=g).float() * 0.25
+    else:  # the sample is the first 16 entries, which are far smaller than the rest
+        monkeypatch.setattr(engine, "SAMPLE", 16)
+        tau = 1.0 + torch.rand(n, generator=g)
+        tau[:16] = 0.001 * torch.rand(16, generator=g)
+    other = base + 0.5 * torch.randn(n, generator=g)  # a second source in the same pass
+    sources = [base + tau, other]
+    magnitudes = [(s - base).abs() for s in sources]
+    work = engine._Workspace(chunk)
+    answers = []
+    for k in (1, 7, n // 100, n // 3, n - 1, n):
+        ks = [k, n - k + 1]
+        found = engine._select_thresholds(base, sources, ks, work)
+        second = float(torch.topk(magnitudes[1], ks[1]).values[-1])
+        assert found[1] == second or (found[1] is None and layout == "unlike the sample"), k
+        answers.append(found[0])
+        assert answers[-1] in (None, float(torch.topk(magnitudes[0], k).values[-1])), k
+    if layout == "unlike the sample":
+        assert None in answers  # the window held far more than the sample suggested
+    else:
+        assert None not in answers
 
 
 def test_sparse_task_vector_keeps_all_when_the_threshold_is_zero(monkeypatch):
@@ -271,7 +307,8 @@ def test_a_stale_magnitude_index_is_an_error_not_a_wrong_merge(index_everywhere)
     then finds other entries between the edges than the index counted, and says so."""
     slot = make_slot((4000,), 2)
     params = {"weight": [0.5, 0.5], "density": [0.3, 0.6]}
-    materialize([slot], recipe_for("ties", params, 2))
+    materialize([slot], recipe_for("ties", params, 2))  # single-use thresholds
+    materialize([slot], recipe_for("ties", params, 2))  # the second merge builds the index
     slot.sources[0].data.mul_(3.0)
     with pytest.raises(RuntimeError, match="magnitude index out of date"):
         materialize([slot], recipe_for("ties", params, 2))

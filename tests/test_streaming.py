@@ -178,6 +178,39 @@ def test_one_tensor_per_source_at_a_time(builtin_refs, tmp_path, monkeypatch):
     assert torch.get_num_threads() == threads
 
 
+def test_shard_writer_takes_tensors_in_any_order_from_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from safetensors.torch import load_file
+
+    tensors = {f"t{i}": torch.randn(i + 1, 3).to(dtype) for i, dtype in
+               enumerate([torch.float32, torch.bfloat16, torch.float16, torch.float32])}
+    writer = streaming._ShardWriter(tmp_path / "x.safetensors", [(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda k: writer.write(k, tensors[k]), reversed(list(tensors))))
+    writer.close()
+    loaded = load_file(tmp_path / "x.safetensors")
+    assert list(loaded) == list(tensors)
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k]), k
+
+
+def test_a_failed_merge_leaves_no_shard_behind(builtin_refs, tmp_path, monkeypatch):
+    """Tensors are written in any order, so a shard with a hole would look whole: it is removed."""
+    real = streaming.materialize
+
+    def failing(slots, recipe, **kwargs):
+        if any(".layers.1." in slot.name for slot in slots):
+            raise RuntimeError("merge failed")
+        return real(slots, recipe, **kwargs)
+
+    monkeypatch.setattr(streaming, "materialize", failing)
+    models, base = builtin_refs
+    with pytest.raises(RuntimeError, match="merge failed"):
+        stream_merge(recipe_for("ties", models, base), tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out" / streaming.SINGLE_FILE).exists()
+
+
 def test_why_not_streamed(builtin_refs, tmp_path):
     models, base = builtin_refs
     assert why_not_streamed(recipe_for("ties", models, base)) is None

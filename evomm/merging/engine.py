@@ -76,6 +76,12 @@ OCTAVES = 24  # the index resolves magnitudes down to 2^-24 of the largest; belo
 _SHIFT = 8  # magnitude buckets: float32 bits >> 8 (2^15 buckets per octave)
 # TIES on tensors up to this size takes its exact thresholds from kthvalue (no index needed).
 SMALL_TENSOR = 1 << 16
+# A slot's first TIES merge takes single-use thresholds (no index): |tau| is sampled at up to
+# SAMPLE entries (runs of _RUN neighbours, one cache line of float32), and the bracket around
+# the k-th largest spans _SPREAD standard deviations of the sample quantile on either side.
+SAMPLE = 1 << 15
+_RUN = 16
+_SPREAD = 4.0
 # Methods the fused CPU kernel computes; methods the torch kernel computes (GPU: all of these).
 FUSED = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
 STREAMED = ("linear", "slerp", *FUSED)
@@ -236,6 +242,7 @@ class _SlotCache:
 
     inputs: tuple  # (id, version) of base and sources: a change invalidates the cache
     indexes: dict[int, _MagnitudeIndex] = field(default_factory=dict)  # TIES, per source
+    ties_merges: int = 0  # TIES merges done with these inputs: the index pays off from the second
     slerp_dot: float | None = None
 
 
@@ -595,6 +602,66 @@ class _MagnitudeIndex:
         return lo, hi, above, inside
 
 
+def _select_thresholds(base: Tensor, sources: list[Tensor], ks: list[int], work: _Workspace) -> list[float | None]:
+    """The ks[i]-th largest |sources[i] - base| without an index (flat tensors); None where
+    the sample's bracket missed it or held more entries than expected (the index decides).
+
+    A sample of each |tau| brackets its k-th largest between two sampled values lo <= hi; one
+    pass over the tensors (``kernels.magnitude_windows``) counts the entries above hi and at
+    either end and copies those strictly between, which fixes the k-th largest's rank among
+    them. Costs about one read of the tensors, a third of an index build: it pays off for a
+    tensor merged once (``evomm merge``).
+    """
+    n, m = base.numel(), len(sources)
+    run = min(_RUN, n)
+    runs = max(1, min(n // (16 * run), SAMPLE // run))  # at most 1/16 of the tensor
+    step = (n - run) // max(1, runs - 1)  # runs evenly spread: a strided view, no index
+    sampled_base = base.as_strided((runs, run), (step, 1)).float()
+    lo, hi = np.zeros(m, np.float32), np.full(m, np.inf, np.float32)
+    width = 0
+    for i, (source, k) in enumerate(zip(sources, ks)):
+        sample = (source.as_strided((runs, run), (step, 1)).float() - sampled_base).abs().reshape(-1).numpy()
+        size, q = sample.size, k / n
+        spread = _SPREAD * math.sqrt(size * q * (1.0 - q)) + 2.0
+        top, bottom = math.floor(q * size - spread), math.ceil(q * size + spread)  # ranks, 0 = largest
+        if top >= 0:
+            hi[i] = kernels.kth_largest(sample, top + 1)
+        if bottom < size:
+            lo[i] = kernels.kth_largest(sample, bottom + 1)
+        width = max(width, min(bottom, size) - max(top, 0))
+    found = np.empty((m, int(2.0 * width / runs / run * n) + kernels.BLOCK), np.float32)
+    found_n = np.zeros(m, np.int64)
+    counts = np.zeros((m, 3), np.int64)  # per source: above hi, at hi, at lo
+    cpu = torch.device("cpu")
+    chunk = work.fused_chunk(n, [base, *sources])
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        b = _as_f32(work, "b", base[start:stop], cpu).detach().numpy()
+        srcs = tuple(_as_f32(work, f"s{i}", s[start:stop], cpu).detach().numpy() for i, s in enumerate(sources))
+        kernels.magnitude_windows(b, srcs, lo, hi, counts, found, found_n)
+    return [_rank_in_window(k, lo[i], hi[i], counts[i], found[i, :found_n[i]], found.shape[1] - 8)
+            for i, k in enumerate(ks)]
+
+
+def _rank_in_window(k: int, lo: np.float32, hi: np.float32, counts: np.ndarray, inside: np.ndarray,
+                    room: int) -> float | None:
+    """The k-th largest from one source's window counts, or None when it is not in the window."""
+    if inside.size > room:
+        return None  # a wider window than the sample suggested
+    above, at_hi, at_lo = (int(c) for c in counts)
+    rank = k - above  # the k-th largest is the rank-th largest of the entries <= hi
+    if rank < 1:
+        return None
+    if rank <= at_hi:
+        return float(hi)
+    if lo == hi:
+        return None
+    rank -= at_hi
+    if rank <= inside.size:
+        return float(kernels.kth_largest(inside, rank))
+    return float(lo) if rank - inside.size <= at_lo else None
+
+
 def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:
     """Union of ascending int arrays (a stable sort merges sorted runs in linear time)."""
     if not arrays:
@@ -630,13 +697,22 @@ class _Thresholds:
                  work: _Workspace) -> _Thresholds:
         m, n = len(sources), base.numel()
         self = cls(m)
+        todo: dict[int, int] = {}  # source -> k, for those the sources' magnitudes decide
         for i, d in enumerate(density):
             if d >= 1.0:
                 continue
             k = max(1, int(d * n))
             if n <= SMALL_TENSOR:
                 self.threshold[i] = float(magnitude_threshold((sources[i].float() - base.float()).abs(), k))
-                continue
+            else:
+                todo[i] = k
+        if todo and cache.ties_merges == 0:  # the first merge: no index yet (it may stay the only one)
+            exact = _select_thresholds(base, [sources[i] for i in todo], list(todo.values()), work)
+            for i, value in zip(list(todo), exact):
+                if value is not None:
+                    self.threshold[i] = value
+                    del todo[i]
+        for i, k in todo.items():
             index = cache.indexes.get(i)
             if index is None:
                 index = cache.indexes[i] = _MagnitudeIndex.build(base, sources[i], work)
@@ -648,6 +724,7 @@ class _Thresholds:
             self.threshold[i] = hi  # provisional: keeps what is surely kept
             self.window[i] = (lo, hi)
             self.pending[i] = (k - above, inside)
+        cache.ties_merges += 1
         capacity = max((count for _, count in self.pending.values()), default=0) + kernels.BLOCK  # slack
         self.found_idx = np.empty((m, capacity), np.int64)
         self.found_val = np.empty((m, capacity), np.float32)

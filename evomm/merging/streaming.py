@@ -20,9 +20,10 @@ path.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-from collections import deque
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -169,36 +170,47 @@ def _layout(config, names_on_disk: set[str]) -> _Layout | str:
 # Writing safetensors shards tensor by tensor
 # ---------------------------------------------------------------------------------------------
 class _ShardWriter:
-    """Writes one safetensors file whose header (names, dtypes, shapes) is known in advance."""
+    """One safetensors file whose header (names, dtypes, shapes) is known in advance.
+
+    Every tensor's place in the file follows from the header, so tensors can be written in any
+    order and from several threads at once (``os.pwrite``): a worker writes what it merged
+    as soon as it is done and keeps nothing waiting for the tensors before it.
+    """
 
     def __init__(self, path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]]):
         header: dict = {"__metadata__": {"format": "pt"}}
         offset = 0
-        self.sizes: dict[str, int] = {}
+        spans: dict[str, tuple[int, int]] = {}
         for name, dtype, shape in entries:
             nbytes = _numel(shape) * torch.empty((), dtype=dtype).element_size()
             header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            self.sizes[name] = nbytes
+            spans[name] = (offset, nbytes)
             offset += nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-        self.order = [name for name, _, _ in entries]
-        self.next = 0
-        self.file = open(path, "wb")
-        self.file.write(len(blob).to_bytes(8, "little"))
-        self.file.write(blob)
+        start = 8 + len(blob)
+        self.path = path
+        self.spans = {name: (start + at, nbytes) for name, (at, nbytes) in spans.items()}
+        self.unwritten = set(self.spans)
+        self.lock = threading.Lock()
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(self.fd, len(blob).to_bytes(8, "little") + blob, 0)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        if self.order[self.next] != name:
-            raise RuntimeError(f"expected tensor {self.order[self.next]}, got {name}")
+        at, nbytes = self.spans[name]
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        if data.nbytes != self.sizes[name]:
-            raise RuntimeError(f"tensor {name} has {data.nbytes} bytes, the header says {self.sizes[name]}")
-        self.file.write(memoryview(data))
-        self.next += 1
+        if data.nbytes != nbytes:
+            raise RuntimeError(f"tensor {name} has {data.nbytes} bytes, the header says {nbytes}")
+        view = memoryview(data)
+        while view:  # pwrite may write less than asked
+            view = view[os.pwrite(self.fd, view, at + len(data) - len(view)):]
+        with self.lock:
+            self.unwritten.discard(name)
 
     def close(self) -> None:
-        self.file.close()
+        os.close(self.fd)
+        if self.unwritten:  # only after an error elsewhere: do not leave a file that looks whole
+            self.path.unlink(missing_ok=True)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -291,28 +303,32 @@ def stream_merge(
             materialize([slot], recipe, threads=1)
             return target
 
-        # CPU: as many tensors in flight as torch has threads (each merged single-threaded), written
-        # in order as they finish; peak memory stays a few tensors per source.
+        # CPU: as many workers as torch has threads, each merging one tensor single-threaded and
+        # writing it to its place in its shard; peak memory stays one tensor per source and worker.
         workers = max(1, torch.get_num_threads()) if compute.type == "cpu" else 1
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            with ExitStack() as files_open, ThreadPoolExecutor(max_workers=workers) as pool:
+                writers = []
                 for file_name, shard in zip(names, shards):
-                    writer = _ShardWriter(out_dir / file_name, shard)
-                    try:
-                        pending: deque = deque()
-                        for name, out_dtype, _ in shard:
-                            pending.append((name, pool.submit(merged, name, out_dtype)))
-                            if len(pending) >= workers:
-                                done_name, future = pending.popleft()
-                                writer.write(done_name, future.result())
-                        while pending:
-                            done_name, future = pending.popleft()
-                            writer.write(done_name, future.result())
-                    finally:
-                        writer.close()
-                    log(f"  wrote {file_name}")
+                    writers.append(_ShardWriter(out_dir / file_name, shard))
+                    files_open.callback(writers[-1].close)
+
+                def merge_and_write(writer: _ShardWriter, name: str, out_dtype: torch.dtype) -> None:
+                    writer.write(name, merged(name, out_dtype))
+
+                futures = [pool.submit(merge_and_write, writer, name, out_dtype)
+                           for writer, shard in zip(writers, shards) for name, out_dtype, _ in shard]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+            for file_name in names:
+                log(f"  wrote {file_name}")
         finally:
             torch.set_num_threads(previous)
         if len(shards) > 1:
