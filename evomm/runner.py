@@ -7,6 +7,7 @@ generation), so a crashed or killed run loses at most the generation in flight.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -31,8 +32,9 @@ from evomm.merging.recipe import Entry, Recipe
 from evomm.merging.route_space import RouteSpace, route_of
 from evomm.merging.space import SearchSpace, build_units
 from evomm.tracking.route_plot import plot_route
-from evomm.tracking.history import HistoryWriter
+from evomm.tracking.history import HistoryWriter, json_safe
 from evomm.tracking.model_card import write_model_card
+from evomm.tracking.report import BEST_FILE
 from evomm.tracking.plots import plot_fitness, plot_recipe_heatmap
 from evomm.tracking.progress import Progress
 from evomm.tracking.wandb_logger import NullLogger, WandbLogger
@@ -297,7 +299,7 @@ def run(cfg: DictConfig | dict) -> dict:
         # Keep what is finished: the checkpoint already holds every completed generation; the
         # best recipe and the plot so far are written too. The generation in flight is redone.
         if state.best is not None:
-            space.decode(state.best["x"]).save(run_dir / "best_recipe.yaml")
+            _save_best(run_dir, space.decode(state.best["x"]), state.best)
             plot_fitness(state.history, run_dir / "fitness.png")
         progress.print(
             f"interrupted after {state.generation} generation(s): best_recipe.yaml and the checkpoint are in "
@@ -312,7 +314,7 @@ def run(cfg: DictConfig | dict) -> dict:
     # The best recipe; with no generations at all the search space's start point stands in.
     x_best = state.best["x"] if state.best else [0.5] * space.dim
     best = space.decode(x_best)
-    best.save(run_dir / "best_recipe.yaml")
+    _save_best(run_dir, best, state.best)
     plot_fitness(state.history, run_dir / "fitness.png", title=f"{c.get('experiment_name') or 'search'}: fitness")
     heatmap = plot_recipe_heatmap(best, run_dir / "recipe_heatmap.png")
     if heatmap is not None:
@@ -365,7 +367,7 @@ def run(cfg: DictConfig | dict) -> dict:
 
     progress.print("")
     progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations")
-    written = [n for n in ("best_recipe.yaml", "history.jsonl", "fitness.png", "recipe_heatmap.png",
+    written = [n for n in ("best_recipe.yaml", BEST_FILE, "history.jsonl", "fitness.png", "recipe_heatmap.png",
                            "route.png", "results.md") if (run_dir / n).exists()]
     if merged_dir.exists():
         written.append("merged/ (with its model card README.md)")
@@ -373,6 +375,18 @@ def run(cfg: DictConfig | dict) -> dict:
     if rows:
         progress.print("\n" + results_markdown(rows))
     return {"run_dir": run_dir, "best": state.best, "results": rows, "state": state}
+
+
+def _save_best(run_dir: Path, recipe: Recipe, best: dict | None) -> None:
+    """best_recipe.yaml, and best.json: where the kept candidate came from and its score.
+
+    With resample_fitness the kept candidate's score is its latest re-score (on the sample
+    named there), which the history, holding first scores only, cannot tell.
+    """
+    recipe.save(run_dir / "best_recipe.yaml")
+    if best is not None:
+        facts = {k: best[k] for k in ("generation", "index", "fitness", "sample", "metrics") if k in best}
+        (run_dir / BEST_FILE).write_text(json.dumps(json_safe(facts), indent=2, ensure_ascii=False) + "\n")
 
 
 def _candidate_rows(history: list[dict]) -> list[dict]:

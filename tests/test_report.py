@@ -90,6 +90,17 @@ def test_summary_names_failures_best_generation_and_results(hand_run):
     assert not (hand_run / "fitness.png").exists()  # plots=False writes nothing
 
 
+def test_the_kept_candidate_of_best_json_wins_over_the_history(hand_run):
+    """With resample_fitness the kept candidate's latest score is not in the history."""
+    (hand_run / "best.json").write_text(json.dumps({"generation": 1, "index": 0, "fitness": 0.65, "sample": 2}))
+    text = report([hand_run], plots=False)
+    assert "best fitness: 0.6500 (generation 1, candidate 0; scored on fitness sample 2)" in text
+    assert comparison_row(load_run(hand_run))["best fitness"] == 0.65
+    (hand_run / "best.json").write_text('{"fitness": "high"}')
+    with pytest.raises(ConfigError, match="best.json is not an evomm best-candidate file"):
+        report([hand_run], plots=False)
+
+
 def test_comparison_table_for_two_runs(smoke_run, hand_run, capsys):
     assert cli_main(["report", str(smoke_run), str(hand_run)]) == 0
     text = capsys.readouterr().out

@@ -142,3 +142,8 @@ def test_resample_fitness_redraws_the_sample_every_generation(tmp_path, monkeypa
     out = smoke(tmp_path / "r", "resample_fitness=true", "optimizer.generations=2", "final_eval.enabled=false")
     assert sorted(set(drawn)) == [0, 1]
     assert out["state"].best["sample"] == 1  # the best was re-scored on the last sample
+    kept = json.loads((tmp_path / "r" / "best.json").read_text())
+    assert (kept["sample"], kept["fitness"]) == (1, out["state"].best["fitness"])
+    from evomm.tracking.report import report
+
+    assert f"best fitness: {kept['fitness']:.4f} (generation {kept['generation']}" in report([tmp_path / "r"], plots=False)

@@ -1,7 +1,9 @@
 """``evomm report``: read finished run directories without W&B.
 
 Everything comes from the run directory contract: ``history.jsonl`` (one line per evaluated
-candidate), ``best_recipe.yaml`` and, when the final evaluation ran, ``results.json``. One run:
+candidate), ``best_recipe.yaml``, ``best.json`` (the kept candidate's generation, index and
+score; older runs lack it and their best is read from the history) and, when the final
+evaluation ran, ``results.json``. One run:
 a summary (search, failures, best candidate, its recipe, the results table) and the plots
 re-drawn (fitness.png, recipe_heatmap.png, route.png for a routed recipe). Several runs: one
 comparison table.
@@ -20,7 +22,7 @@ import yaml
 from evomm.errors import ConfigError
 from evomm.merging.recipe import Recipe
 
-HISTORY, RECIPE, RESULTS = "history.jsonl", "best_recipe.yaml", "results.json"
+HISTORY, RECIPE, RESULTS, BEST_FILE = "history.jsonl", "best_recipe.yaml", "results.json", "best.json"
 
 
 @dataclass
@@ -32,6 +34,12 @@ class RunRecord:
     recipe: Recipe
     rows: list[dict] | None  # None: the run wrote no results.json (final_eval.enabled=false)
     config: dict = field(default_factory=dict)  # Hydra's .hydra/config.yaml when train.py wrote one
+    kept: dict | None = None  # best.json: the candidate the run kept, with its latest score
+
+    @property
+    def best(self) -> dict | None:
+        """The kept candidate (best.json), else the history's highest first score."""
+        return self.kept if self.kept is not None else best_candidate(self.history)
 
     @property
     def name(self) -> str:
@@ -87,6 +95,18 @@ def read_results_file(path: Path) -> list[dict] | None:
     return rows
 
 
+def read_best_file(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        best = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); delete it (the history then names the best)") from None
+    if not isinstance(best, dict) or not isinstance(best.get("fitness"), (int, float)):
+        raise ConfigError(f"{path} is not an evomm best-candidate file (no numeric 'fitness'); delete it")
+    return best
+
+
 def read_run_config(run_dir: Path) -> dict:
     """The resolved config Hydra saved next to the run (``.hydra/config.yaml``), if any."""
     path = run_dir / ".hydra" / "config.yaml"
@@ -109,6 +129,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         recipe=read_recipe_file(run_dir / RECIPE),
         rows=read_results_file(run_dir / RESULTS),
         config=read_run_config(run_dir),
+        kept=read_best_file(run_dir / BEST_FILE),
     )
 
 
@@ -190,7 +211,7 @@ def summary_text(run: RunRecord) -> str:
     from evomm.evaluation import results_markdown
 
     h, recipe = run.history, run.recipe
-    best = best_candidate(h)
+    best = run.best
     failed = failed_candidates(h)
     lines = [f"# {run.run_dir}", ""]
     if run.experiment:
@@ -206,6 +227,8 @@ def summary_text(run: RunRecord) -> str:
         lines.append(f"  generation {f.get('generation')} candidate {f.get('index')}: {first}")
     if best is not None:
         where = f"generation {best.get('generation')}, candidate {best.get('index')}"
+        if best.get("sample") is not None:  # resample_fitness: the score on that generation's sample
+            where += f"; scored on fitness sample {best['sample']}"
         lines.append(f"best fitness: {best['fitness']:.4f} ({where})")
     else:
         lines.append("best fitness: - (no candidate scored)")
@@ -237,7 +260,7 @@ def write_plots(run: RunRecord) -> list[Path]:
 
 # ---- several runs ----------------------------------------------------------------------------
 def comparison_row(run: RunRecord) -> dict[str, Any]:
-    best = best_candidate(run.history)
+    best = run.best
     rows = run.rows or []
     evolved = next((r for r in rows if r.get("kind") == "evolved"), None)
     source, baseline = _best_of(rows, "source"), _best_of(rows, "baseline")
