@@ -37,6 +37,7 @@ def child(base: str, experts: list[str]) -> None:
     from evomm.evolution.checkpoint import SearchState
     from evomm.evolution.loop import Problem, search
     from evomm.evolution.optimizers import build_optimizer
+    from evomm.merging import engine
     from evomm.merging.engine import materialize
     from evomm.merging.recipe import Entry, Recipe
     from evomm.merging.space import SearchSpace, build_units
@@ -56,9 +57,13 @@ def child(base: str, experts: list[str]) -> None:
         with torch.inference_mode():
             warm.model(input_ids=torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long))
         build_optimizer("cmaes", dim=2, seed=0)  # importing pycma alone takes ~100 MB
-        for method in ("ties", "dare_ties"):  # loads the compiled merge kernels (numba, LLVM)
+        # Load every compiled merge kernel (numba, LLVM: several MB each): TIES on the tiny
+        # tensors as on large ones (single-use thresholds, then the magnitude index), DARE.
+        small_tensor, engine.SMALL_TENSOR = engine.SMALL_TENSOR, 0
+        for method in ("ties", "ties", "dare_ties"):
             materialize(warm.slots(), Recipe(adapter="llm", method=method, models=[tmp, tmp], base=tmp, seed=0,
                                              entries=[Entry(params={"weight": [0.5, 0.5], "density": [0.5, 0.5]})]))
+        engine.SMALL_TENSOR = small_tensor
     del tiny, warm
     baseline = proc.memory_info().rss
     adapter = LLMAdapter(models=experts, base=base, device="cpu", require_tokenizer=False)

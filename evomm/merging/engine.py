@@ -629,7 +629,8 @@ def _select_thresholds(base: Tensor, sources: list[Tensor], ks: list[int], work:
         if bottom < size:
             lo[i] = kernels.kth_largest(sample, bottom + 1)
         width = max(width, min(bottom, size) - max(top, 0))
-    found = np.empty((m, int(2.0 * width / runs / run * n) + kernels.BLOCK), np.float32)
+    # room for the expected window and then some (its count varies by ~1/sqrt(width) around it)
+    found = np.empty((m, int(1.25 * width / runs / run * n) + kernels.BLOCK), np.float32)
     found_n = np.zeros(m, np.int64)
     counts = np.zeros((m, 3), np.int64)  # per source: above hi, at hi, at lo
     cpu = torch.device("cpu")
