@@ -28,6 +28,9 @@ temporaries:
     fused pass trims at the upper edge and collects the few entries between the edges, the
     exact threshold is their k'-th largest, and only the entries it adds are recomputed. No
     kthvalue over the tensor; 12 bytes per 128 entries (~2% of a float32 tensor) per source.
+    The index is built on a slot's second TIES merge: the first (and, in ``evomm merge``, the
+    only one) takes single-use thresholds instead, from a sample that brackets each k-th
+    largest and one pass that counts and collects the entries around it (a third of a build).
   * SLERP: the angle's cosine of the tensor pair (it does not depend on t).
 - **DARE masks** are the reference's counter-based stream (``methods.uniform24``): a hash of
   the source's key and the entry's position, computed inside the kernel. Nothing is drawn
