@@ -83,13 +83,18 @@ def read_recipe_file(path: Path) -> Recipe:
         raise ConfigError(f"{path} is not a readable recipe ({e}); rewrite it with resume=true or fix the file") from None
 
 
+def _read_json(path: Path, remedy: str) -> Any:
+    """The parsed file; unreadable JSON is a one-line error that ends with ``remedy``."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); {remedy}") from None
+
+
 def read_results_file(path: Path) -> list[dict] | None:
     if not path.exists():
         return None
-    try:
-        rows = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); delete it or rerun the final evaluation") from None
+    rows = _read_json(path, "delete it or rerun the final evaluation")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "metrics" in r and "name" in r for r in rows):
         raise ConfigError(f"{path} is not an evomm results file (a list of {{name, kind, metrics}}); delete it or rerun")
     return rows
@@ -98,10 +103,7 @@ def read_results_file(path: Path) -> list[dict] | None:
 def read_best_file(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    try:
-        best = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); delete it (the history then names the best)") from None
+    best = _read_json(path, "delete it (the history then names the best)")
     if not isinstance(best, dict) or not isinstance(best.get("fitness"), (int, float)):
         raise ConfigError(f"{path} is not an evomm best-candidate file (no numeric 'fitness'); delete it")
     return best
