@@ -59,14 +59,13 @@ def merge_to_dir(recipe, out_dir: Path, device: str | None = None, max_shard_siz
     from evomm.adapters import adapter_for_recipe
     from evomm.adapters.base import apply_recipe
     from evomm.merging.recipe import check_recipe
-    from evomm.merging.streaming import DEFAULT_MAX_SHARD, NotStreamable, stream_merge, why_not_streamed
+    from evomm.merging.streaming import DEFAULT_MAX_SHARD, NotStreamable, stream_merge
 
     check_recipe(recipe)  # every mistake surfaces here, before any model loads
-    if why_not_streamed(recipe) is None:
-        try:
-            return stream_merge(recipe, Path(out_dir), device=device, max_shard_size=max_shard_size or DEFAULT_MAX_SHARD)
-        except NotStreamable:
-            pass  # e.g. tensor names that need the loader's conversion: the adapter path below
+    try:
+        return stream_merge(recipe, Path(out_dir), device=device, max_shard_size=max_shard_size or DEFAULT_MAX_SHARD)
+    except NotStreamable:
+        pass  # hub ids, other adapters, names that need the loader's conversion: the adapter path
     overrides = {"require_tokenizer": recipe.adapter_options.get("require_tokenizer", False)} if recipe.adapter == "llm" else {}
     adapter = adapter_for_recipe(recipe, device=device, **overrides)
     apply_recipe(adapter, recipe)

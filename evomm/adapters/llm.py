@@ -57,8 +57,8 @@ def load_config(ref: str):
     return load_or_explain(ref, lambda r: AutoConfig.from_pretrained(r), "model config")
 
 
-def check_llm_configs(refs: list[str]) -> None:
-    """Refuse models of different architectures or sizes before any weights load."""
+def check_llm_configs(refs: list[str]) -> list:
+    """Refuse models of different architectures or sizes before any weights load; their configs."""
     configs = [load_config(r) for r in refs]
     keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
             "num_attention_heads", "num_key_value_heads", "vocab_size")
@@ -74,6 +74,7 @@ def check_llm_configs(refs: list[str]) -> None:
                 f"'{ref}' does not match '{ref0}' ({'; '.join(diffs)}). "
                 "Merge models of the same architecture and size."
             )
+    return configs
 
 
 class LLMAdapter:

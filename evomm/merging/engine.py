@@ -632,8 +632,10 @@ def _select_thresholds(base: Tensor, sources: list[Tensor], ks: list[int], work:
         if bottom < size:
             lo[i] = kernels.kth_largest(sample, bottom + 1)
         width = max(width, min(bottom, size) - max(top, 0))
-    # room for the expected window and then some (its count varies by ~1/sqrt(width) around it)
-    found = np.empty((m, int(1.25 * width / runs / run * n) + kernels.BLOCK), np.float32)
+    # room for the expected window and then some (its count varies by ~1/sqrt(width) around it,
+    # more for a narrow one), plus the BLOCK entries the kernel may write beyond it
+    room = int(1.25 * width / runs / run * n) + kernels.BLOCK
+    found = np.empty((m, room + kernels.BLOCK), np.float32)
     found_n = np.zeros(m, np.int64)
     counts = np.zeros((m, 3), np.int64)  # per source: above hi, at hi, at lo
     cpu = torch.device("cpu")
@@ -643,7 +645,7 @@ def _select_thresholds(base: Tensor, sources: list[Tensor], ks: list[int], work:
         b = _as_f32(work, "b", base[start:stop], cpu).detach().numpy()
         srcs = tuple(_as_f32(work, f"s{i}", s[start:stop], cpu).detach().numpy() for i, s in enumerate(sources))
         kernels.magnitude_windows(b, srcs, lo, hi, counts, found, found_n)
-    return [_rank_in_window(k, lo[i], hi[i], counts[i], found[i, :found_n[i]], found.shape[1] - 8)
+    return [_rank_in_window(k, lo[i], hi[i], counts[i], found[i, :found_n[i]], room)
             for i, k in enumerate(ks)]
 
 

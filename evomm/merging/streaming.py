@@ -121,6 +121,12 @@ class _Reader:
 # ---------------------------------------------------------------------------------------------
 def why_not_streamed(recipe: Recipe) -> str | None:
     """Why this recipe needs the adapter path, or None when it can be streamed from disk."""
+    found = _local_checkpoints(recipe)
+    return found if isinstance(found, str) else None
+
+
+def _local_checkpoints(recipe: Recipe) -> list[dict[str, Path]] | str:
+    """Each model's, then the base's, tensor name -> file; or why the adapter path is needed."""
     if recipe.adapter != "llm":
         return f"the {recipe.adapter} adapter writes its own format"
     if recipe.route:
@@ -128,13 +134,16 @@ def why_not_streamed(recipe: Recipe) -> str | None:
     unknown = set(recipe.adapter_options) - _ADAPTER_OPTIONS
     if unknown:
         return f"adapter options {sorted(unknown)} are not known to the streaming path"
+    files = []
     for ref in [*recipe.models, *([recipe.base] if recipe.base else [])]:
         path = Path(resolve_ref(ref)).expanduser()
         if not path.is_dir():
             return f"'{ref}' is not a local folder (a hub id is loaded by the adapter)"
-        if checkpoint_files(path) is None:
+        found = checkpoint_files(path)
+        if found is None:
             return f"'{ref}' has no {SINGLE_FILE} or {INDEX_FILE}"
-    return None
+        files.append(found)
+    return files
 
 
 @dataclass
@@ -246,10 +255,10 @@ def stream_merge(
     log: Callable[[str], None] = lambda line: None,
 ) -> Path:
     """Merge ``recipe`` from its local safetensors checkpoints into ``out_dir``, tensor by tensor."""
-    reason = why_not_streamed(recipe)
-    if reason is not None:
-        raise NotStreamable(f"this recipe cannot be streamed: {reason}")
-    from evomm.adapters.llm import check_llm_configs, group_t, llm_group, load_config
+    files = _local_checkpoints(recipe)
+    if isinstance(files, str):
+        raise NotStreamable(f"this recipe cannot be streamed: {files}")
+    from evomm.adapters.llm import check_llm_configs, group_t, llm_group
 
     max_bytes = parse_size(max_shard_size)
     options = recipe.adapter_options
@@ -261,10 +270,7 @@ def stream_merge(
     models = [str(Path(resolve_ref(r)).expanduser()) for r in recipe.models]
     base = str(Path(resolve_ref(recipe.base)).expanduser()) if recipe.base else None
     refs = models + ([base] if base else [])
-    check_llm_configs(refs)
-
-    files = [checkpoint_files(Path(r)) for r in refs]
-    config = load_config(models[0])
+    config = check_llm_configs(refs)[0]
     layout = _layout(config, set(files[0]))
     if isinstance(layout, str):
         raise NotStreamable(f"this recipe cannot be streamed: {layout}")
