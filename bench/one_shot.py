@@ -37,7 +37,7 @@ TARGET = 1.5
 
 def main() -> None:
     p = parser(__doc__)
-    p.set_defaults(repeats=5)
+    p.set_defaults(repeats=10)
     args = p.parse_args()
     setup(args)
     quiet()
