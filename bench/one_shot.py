@@ -10,8 +10,9 @@ tensor before its first merged entry, so a streamed TIES merge reads its inputs 
 find the thresholds, once to merge): the two-read floor (the worker floor with a first pass
 that sums every input tensor) is reported beside it. The in-memory adapter path (load models,
 materialise, save_pretrained) is reported too. The contestants alternate (the page cache is
-warm for all after the first round); the ratio uses each one's fastest run, since other
-processes share the cores, and the medians are reported too.
+warm for all after the first round); the ratio uses each one's fastest of 20 runs, since other
+processes share the cores (with 10, the ratio moved by +-0.08 between runs), and the medians
+are reported too.
 
     python bench/one_shot.py [--small] [--repeats N]
 """
@@ -37,7 +38,7 @@ TARGET = 1.5
 
 def main() -> None:
     p = parser(__doc__)
-    p.set_defaults(repeats=10)
+    p.set_defaults(repeats=20)
     args = p.parse_args()
     setup(args)
     quiet()
