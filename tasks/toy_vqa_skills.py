@@ -62,6 +62,11 @@ def ensure_world(data_dir: str | None, folder: str) -> Path:
     return path
 
 
+def _check_data_dir(task: str, data_dir) -> None:
+    if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
+        raise ConfigError(f"{task}: data_dir must be a folder path or null, got {data_dir!r}")
+
+
 def _positive(task: str, key: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{task}: {key} must be a positive integer, got {value!r}")
@@ -85,8 +90,7 @@ class ToyVQASkillsTask(Resampling):
         max_new_tokens: int = 10,
         batch_size: int = 64,
     ):
-        if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
-            raise ConfigError(f"{self.name}: data_dir must be a folder path or null, got {data_dir!r}")
+        _check_data_dir(self.name, data_dir)
         check_samples(self.name, "fitness_samples", fitness_samples)
         check_samples(self.name, "heldout_samples", heldout_samples)
         _positive(self.name, "max_new_tokens", max_new_tokens)
@@ -197,8 +201,7 @@ class ToyJaVQATask(JaVGVQATask):
         batch_size: int = 64,
         max_new_tokens: int = 10,
     ):
-        if data_dir is not None and (not isinstance(data_dir, str) or not data_dir):
-            raise ConfigError(f"{self.name}: data_dir must be a folder path or null, got {data_dir!r}")
+        _check_data_dir(self.name, data_dir)
         self.data_dir = data_dir
         super().__init__(
             dataset=str(world_path(data_dir) / "ja_vqa"),

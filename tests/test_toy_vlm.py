@@ -258,6 +258,9 @@ def test_bad_options_and_missing_data_raise(tmp_path):
         build_task("toy_vqa_skills", fitness_samples=0)
     with pytest.raises(ConfigError, match="max_new_tokens"):
         build_task("toy_vqa_skills", max_new_tokens=0)
+    for name in ("toy_vqa_skills", "toy_ja_vqa"):
+        with pytest.raises(ConfigError, match=f"{name}: data_dir must be a folder path or null"):
+            build_task(name, data_dir="")
     with pytest.raises(ConfigError, match="splits 'fitness' and 'heldout'"):
         build_task("toy_vqa_skills").qa_items("test")
     with pytest.raises(ConfigError, match="write_world"):
