@@ -10,6 +10,7 @@ computes the same float32 operations, so the tests ask for equal tensors.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from evomm.adapters.base import TensorSlot
 from evomm.errors import ConfigError, IncompatibleModelsError
-from evomm.merging import engine
+from evomm.merging import engine, kernels
 from evomm.merging.engine import keep_sources_on, materialize, tensor_seed
 from evomm.merging.methods import get_method
 from evomm.merging.recipe import Entry, Recipe
@@ -145,11 +146,17 @@ def test_ties_thresholds_match_kthvalue(seed, n, d0, d1, levels, chunk):
             assert torch.equal(slot.target, expected)
 
 
+WINDOW_KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(
+    not kernels._avx512_target(), reason="the packed window copy needs AVX-512"))]
+
+
+@pytest.mark.parametrize("packed", WINDOW_KERNELS)
 @pytest.mark.parametrize("chunk", [None, 1000])
 @pytest.mark.parametrize("layout", ["gaussian", "levels", "unlike the sample"])
-def test_single_use_threshold_is_the_kth_largest_or_none(layout, chunk, monkeypatch):
+def test_single_use_threshold_is_the_kth_largest_or_none(layout, chunk, packed, monkeypatch):
     """The sampled bracket plus one counting pass give kthvalue's value exactly; a bracket that
     misses (the sample saw none of the large entries) answers None, never a wrong value."""
+    monkeypatch.setattr(kernels, "PACKED_WINDOWS", packed)
     g = torch.Generator().manual_seed(3)
     n = 50_000
     base = torch.randn(n, generator=g)
@@ -177,6 +184,56 @@ def test_single_use_threshold_is_the_kth_largest_or_none(layout, chunk, monkeypa
         assert None in answers  # the window held far more than the sample suggested
     else:
         assert None not in answers
+
+
+def test_radix_selections_match_a_sort():
+    """kth_largest and kth_largest_pair against a sort: spread magnitudes, few distinct levels
+    (both ranks in one bucket), all equal, and values over 60 decades (many rounds)."""
+    g = np.random.default_rng(0)
+    for trial in range(120):
+        n = int(g.integers(1, 3000))
+        values = [np.abs(g.standard_normal(n)), g.integers(0, 5, n) * 0.25, np.full(n, 0.5),
+                  np.abs(g.standard_normal(n) * 10.0 ** g.integers(-30, 30, n))][trial % 4].astype(np.float32)
+        first, second = sorted(int(r) for r in g.integers(1, n + 1, 2))
+        descending = np.sort(values)[::-1]
+        assert kernels.kth_largest_pair(values, first, second) == (descending[first - 1], descending[second - 1])
+        assert kernels.kth_largest(values, second) == descending[second - 1]
+
+
+def test_window_kernels_count_and_copy_the_same():
+    """Both copies of the window pass (AVX-512's packed one, the portable listed one) give the
+    same counts and the same window entries in the same order: a last block that is not a
+    multiple of 16, ties at both ends, a zero lower end, an empty window, and a window too wide
+    for its room (abandoned, the same way by both)."""
+    if not kernels._avx512_target():
+        pytest.skip("the packed window copy needs AVX-512")
+    g = np.random.default_rng(5)
+    n = 3 * kernels.BLOCK + 903
+    base = g.standard_normal(n).astype(np.float32)
+    levels = (g.integers(-3, 4, n) * 0.125).astype(np.float32)  # many equal magnitudes
+    # the unchanged source comes first, so that in the last block the values buffer still
+    # holds another source's magnitudes beyond the block's end
+    sources = (base.copy(), base + g.standard_normal(n).astype(np.float32), base + levels, base + levels,
+               base + g.standard_normal(n).astype(np.float32))
+    lo = np.float32([0.0, 0.5, 0.125, 0.0, 0.01])
+    hi = np.float32([1.0, 0.9, 0.375, 0.25, 3.0])
+    results = []
+    for kernel in (kernels._windows_listed, kernels._windows_packed):
+        room = 1500  # source 4's window holds nearly everything: abandoned after two blocks
+        found = np.full((len(sources), room + kernels.BLOCK), -1.0, np.float32)
+        found_n = np.zeros(len(sources), np.int64)
+        counts = np.zeros((len(sources), 3), np.int64)
+        kernel(base, sources, lo, hi, counts, found, found_n)
+        results.append((counts, found_n, [found[i, :min(c, room)] for i, c in enumerate(found_n)]))
+    (counts, found_n, found), (counts2, found_n2, found2) = results
+    assert np.array_equal(counts, counts2) and np.array_equal(found_n, found_n2)
+    assert all(np.array_equal(a, b) for a, b in zip(found, found2))
+    for i in range(4):  # the windows that fit: exactly the entries strictly inside, in order
+        tau = np.abs(sources[i] - base)
+        assert np.array_equal(found[i], tau[(tau > lo[i]) & (tau < hi[i])])
+        assert list(counts[i]) == [(tau > hi[i]).sum(), (tau == hi[i]).sum(), (tau == lo[i]).sum()]
+    assert found_n[0] == 0 and counts[0, 2] == n  # tau == 0 everywhere: all at the lower end
+    assert found_n[4] > room  # abandoned: wider than the room
 
 
 def test_sparse_task_vector_keeps_all_when_the_threshold_is_zero(monkeypatch):

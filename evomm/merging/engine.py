@@ -627,9 +627,11 @@ def _select_thresholds(base: Tensor, sources: list[Tensor], ks: list[int], work:
         size, q = sample.size, k / n
         spread = _SPREAD * math.sqrt(size * q * (1.0 - q)) + 2.0
         top, bottom = math.floor(q * size - spread), math.ceil(q * size + spread)  # ranks, 0 = largest
-        if top >= 0:
+        if top >= 0 and bottom < size:
+            hi[i], lo[i] = kernels.kth_largest_pair(sample, top + 1, bottom + 1)
+        elif top >= 0:
             hi[i] = kernels.kth_largest(sample, top + 1)
-        if bottom < size:
+        elif bottom < size:
             lo[i] = kernels.kth_largest(sample, bottom + 1)
         width = max(width, min(bottom, size) - max(top, 0))
     # room for the expected window and then some (its count varies by ~1/sqrt(width) around it,

@@ -20,9 +20,13 @@ file (or in ``NUMBA_CACHE_DIR``); they release the GIL, so CPU threads merge ten
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 # Elements per block: a block is re-read from the cache when it holds TIES window entries.
+# A multiple of 16 (the packed window copy takes 16 at a time).
 BLOCK = 1024
 
 _C1 = np.uint32(0x7FEB352D)  # lowbias32's multipliers (a well-mixing 32-bit integer hash)
@@ -90,35 +94,56 @@ def magnitude_histogram(base, source, counts, shift, low):
     return zeros
 
 
+RADIX = 4096  # buckets per round of the radix selections
+
+
+@njit(inline="always")
+def _bounds(bits):
+    low, high = bits[0], bits[0]
+    for j in range(bits.size):
+        low = min(low, bits[j])
+        high = max(high, bits[j])
+    return low, high
+
+
+@njit(inline="always")
+def _histogram(bits, low, high, counts):
+    """counts[b] = values in bucket b of RADIX over [low, high]; returns the buckets' shift."""
+    shift = np.uint32(0)
+    while (high - low) >> shift >= RADIX:
+        shift += np.uint32(1)
+    counts[:] = 0
+    for j in range(bits.size):
+        counts[(bits[j] - low) >> shift] += 1
+    return shift
+
+
+@njit(inline="always")
+def _bucket_of(counts, bucket, rank):
+    """From ``bucket`` down: the bucket holding the rank-th largest, and its rank in there."""
+    while counts[bucket] < rank:
+        rank -= counts[bucket]
+        bucket -= 1
+    return bucket, rank
+
+
 @njit(nogil=True, cache=True)
 def kth_largest(values, rank):
     """The rank-th largest (1: the largest) of non-negative float32 values.
 
     A non-negative float32 is ordered by its bits: a radix selection on them keeps, per round,
-    the one of 4096 buckets (of the bits between the smallest and the largest) that holds the
+    the one of RADIX buckets (of the bits between the smallest and the largest) that holds the
     rank-th largest, so a round narrows the range 4096-fold and three cover 32 bits. About
     one histogram pass over the values; numpy's partition takes ~3x as long.
     """
-    radix = 4096
     bits = values.view(np.uint32)
-    counts = np.empty(radix, np.int64)
+    counts = np.empty(RADIX, np.int64)
     while True:
-        low, high = bits[0], bits[0]
-        for j in range(bits.size):
-            low = min(low, bits[j])
-            high = max(high, bits[j])
+        low, high = _bounds(bits)
         if low == high:
             return np.array([low]).view(np.float32)[0]
-        shift = np.uint32(0)
-        while (high - low) >> shift >= radix:
-            shift += np.uint32(1)
-        counts[:] = 0
-        for j in range(bits.size):
-            counts[(bits[j] - low) >> shift] += 1
-        bucket = radix - 1
-        while counts[bucket] < rank:  # from the largest bucket down
-            rank -= counts[bucket]
-            bucket -= 1
+        shift = _histogram(bits, low, high, counts)
+        bucket, rank = _bucket_of(counts, RADIX - 1, rank)
         kept = np.empty(counts[bucket], np.uint32)  # the bucket's values: the next round
         c = 0
         for j in range(bits.size):
@@ -129,22 +154,58 @@ def kth_largest(values, rank):
 
 
 @njit(nogil=True, cache=True)
-def magnitude_windows(base, sources, lo, hi, counts, found, found_n):
-    """Per source i: count |tau_i| above, at hi[i] and at lo[i]; copy the values in between.
+def kth_largest_pair(values, first, second):
+    """The first-th and the second-th largest (1 <= first <= second) of non-negative float32
+    values, as two ``kth_largest`` calls would give them; the first round (bounds, histogram
+    and one copy pass for both buckets) is shared, which is about half the work."""
+    bits = values.view(np.uint32)
+    low, high = _bounds(bits)
+    if low == high:
+        value = np.array([low]).view(np.float32)[0]
+        return value, value
+    counts = np.empty(RADIX, np.int64)
+    shift = _histogram(bits, low, high, counts)
+    bucket1, rank1 = _bucket_of(counts, RADIX - 1, first)
+    bucket2, rank2 = _bucket_of(counts, bucket1, second - first + rank1)
+    kept1 = np.empty(counts[bucket1], np.uint32)
+    kept2 = np.empty(counts[bucket2] if bucket2 != bucket1 else 0, np.uint32)
+    c1, c2 = 0, 0
+    for j in range(bits.size):
+        bucket = (bits[j] - low) >> shift
+        if bucket == bucket1:
+            kept1[c1] = bits[j]
+            c1 += 1
+        elif bucket == bucket2:
+            kept2[c2] = bits[j]
+            c2 += 1
+    if bucket2 == bucket1:
+        kept2 = kept1
+    return kth_largest(kept1.view(np.float32), rank1), kth_largest(kept2.view(np.float32), rank2)
 
-    tau_i = sources[i] - base. counts[i] += (entries > hi[i], entries == hi[i], entries ==
-    lo[i]); the entries strictly between lo[i] and hi[i] go to found[i, found_n[i]:] and
-    found_n[i] grows by their number. The TIES thresholds of a tensor merged only once
-    (``engine._select_thresholds``): a sample brackets each k-th largest magnitude, and this
-    one pass gives its exact rank. The ends are counted, not copied, so that many equal
-    magnitudes (quantised weights, zeros) cost nothing. A block of the base is read once for
-    all sources (it stays in the L1 cache).
 
-    The copy is what costs: the flags are computed vectorised, the groups of 4 holding a
-    flagged entry are listed without a branch, and only those are copied (a branch per group
-    mispredicts once for every group with an entry). found needs BLOCK entries of room beyond
-    each window; a window that fills it is abandoned, with found_n[i] set above
-    found.shape[1] - BLOCK: wider than the caller expected.
+@njit(inline="always")
+def _block_magnitudes(b, s, values, top, bottom, counts, i):
+    """values[j] = |s[j] - b[j]| for one block (views: indexing them vectorises), and
+    counts[i] += the numbers of entries > top, == top and == bottom."""
+    above, at_hi, at_lo = 0, 0, 0
+    for j in range(b.size):
+        x = abs(s[j] - b[j])
+        values[j] = x
+        above += 1 if x > top else 0
+        at_hi += 1 if x == top else 0
+        at_lo += 1 if x == bottom else 0
+    counts[i, 0] += above
+    counts[i, 1] += at_hi
+    counts[i, 2] += at_lo
+
+
+@njit(nogil=True, cache=True)
+def _windows_listed(base, sources, lo, hi, counts, found, found_n):
+    """magnitude_windows on any CPU: a branch-free copy of the listed groups of 4.
+
+    The flags are computed vectorised, the groups of 4 holding a flagged entry are listed
+    without a branch, and only those are copied (a branch per group mispredicts once for every
+    group with an entry). Listing and copying cost about 40% of the pass.
     """
     n = base.size
     values = np.empty(BLOCK, np.float32)
@@ -159,26 +220,17 @@ def magnitude_windows(base, sources, lo, hi, counts, found, found_n):
             count = found_n[i]
             if count > room:
                 continue
-            s = sources[i][s0:s0 + size]  # views: indexing them vectorises
-            out = found[i]
             top, bottom = hi[i], lo[i]
-            above, at_hi, at_lo = 0, 0, 0
+            _block_magnitudes(b, sources[i][s0:s0 + size], values, top, bottom, counts, i)
             for j in range(size):
-                x = abs(s[j] - b[j])
-                values[j] = x
-                above += 1 if x > top else 0
-                at_hi += 1 if x == top else 0
-                at_lo += 1 if x == bottom else 0
-                flags[j] = 1 if (x > bottom) & (x < top) else 0
-            counts[i, 0] += above
-            counts[i, 1] += at_hi
-            counts[i, 2] += at_lo
+                flags[j] = 1 if (values[j] > bottom) & (values[j] < top) else 0
             for j in range(size, BLOCK):  # a last, shorter block: no stale flags
                 flags[j] = 0
             c = 0
             for g in range(BLOCK // 4):
                 listed[c] = g
                 c += 1 if groups[g] != 0 else 0
+            out = found[i]
             for t in range(c):
                 g = listed[t]
                 for j in range(4 * g, 4 * g + 4):  # branch-free: write, advance only when flagged
@@ -186,6 +238,106 @@ def magnitude_windows(base, sources, lo, hi, counts, found, found_n):
                     count += flags[j]
             found_n[i] = count
     return found_n
+
+
+@intrinsic
+def _pack_inside(typingctx, values, start, bottom, top, out, at):
+    """Copy the values[start:start + 16] strictly between bottom and top to out[at:], in order;
+    returns how many. AVX-512's compress packs them in a register and one store writes all 16
+    lanes: up to 15 entries after the packed ones are overwritten with junk. (LLVM's
+    compress-store, whose instruction stores to memory itself, made the pass 5x slower on the
+    project's AMD CPU: 2.85 against 0.58 ns per entry.)"""
+    if not (isinstance(values, types.Array) and isinstance(out, types.Array) and values.layout == "C"
+            and out.layout == "C" and values.dtype == types.float32 and out.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        values_arr, start_i, bottom_f, top_f, out_arr, at_i = args
+        vector = ir.VectorType(ir.FloatType(), 16)
+        mask_type = ir.VectorType(ir.IntType(1), 16)
+
+        def lanes(x):  # x in all 16 lanes
+            one = builder.insert_element(ir.Constant(vector, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined),
+                                          ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+
+        src = context.make_array(signature.args[0])(context, builder, values_arr).data
+        dst = context.make_array(signature.args[4])(context, builder, out_arr).data
+        v = builder.load(builder.bitcast(builder.gep(src, [start_i]), vector.as_pointer()), align=4)
+        inside = builder.and_(builder.fcmp_ordered(">", v, lanes(bottom_f)), builder.fcmp_ordered("<", v, lanes(top_f)))
+        compress = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [vector, vector, mask_type]), "llvm.x86.avx512.mask.compress.v16f32")
+        packed = builder.call(compress, [v, ir.Constant(vector, None), inside])
+        builder.store(packed, builder.bitcast(builder.gep(dst, [at_i]), vector.as_pointer()), align=4)
+        popcount = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(16), [ir.IntType(16)]), "llvm.ctpop.i16")
+        return builder.zext(builder.call(popcount, [builder.bitcast(inside, ir.IntType(16))]), ir.IntType(64))
+
+    return types.int64(values, start, bottom, top, out, at), codegen
+
+
+@njit(nogil=True, cache=True)
+def _windows_packed(base, sources, lo, hi, counts, found, found_n):
+    """magnitude_windows with AVX-512: 16 magnitudes at a time go through ``_pack_inside``.
+    A third faster than the listed copy: 0.58-0.61 against 0.83-0.87 ns per entry on one
+    thread (24 tensors of 1.57M entries, two sources, windows of 2.2%)."""
+    n = base.size
+    values = np.zeros(BLOCK, np.float32)
+    room = found.shape[1] - BLOCK
+    for s0 in range(0, n, BLOCK):
+        size = min(BLOCK, n - s0)
+        b = base[s0:s0 + size]
+        for i in range(len(sources)):
+            count = found_n[i]
+            if count > room:
+                continue
+            top, bottom = hi[i], lo[i]
+            _block_magnitudes(b, sources[i][s0:s0 + size], values, top, bottom, counts, i)
+            for j in range(size, BLOCK):  # a last, shorter block: zeros are never inside (bottom >= 0)
+                values[j] = 0.0
+            out = found[i]
+            for j in range(0, size, 16):
+                count += _pack_inside(values, j, bottom, top, out, count)
+            found_n[i] = count
+    return found_n
+
+
+def _avx512_target() -> bool:
+    """Whether numba compiles for a CPU with AVX-512 (the host's, unless a target was chosen)."""
+    from numba.core import config
+
+    if config.CPU_NAME or config.CPU_FEATURES:  # an explicit (e.g. portable) target: portable code
+        return False
+    import llvmlite.binding as llvm
+
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:  # LLVM cannot tell on some hosts
+        return False
+    return bool(features.get("avx512f", False))
+
+
+PACKED_WINDOWS = _avx512_target()
+
+
+def magnitude_windows(base, sources, lo, hi, counts, found, found_n):
+    """Per source i: count |tau_i| above, at hi[i] and at lo[i]; copy the values in between.
+
+    tau_i = sources[i] - base (float32 arrays, a tuple of sources). counts[i] += (entries >
+    hi[i], entries == hi[i], entries == lo[i]); the entries strictly between lo[i] and hi[i] go to
+    found[i, found_n[i]:] (C-contiguous float32) and found_n[i] grows by their number. The TIES
+    thresholds of a tensor merged only once (``engine._select_thresholds``): a sample brackets
+    each k-th largest magnitude, and this one pass gives its exact rank. The ends are counted,
+    not copied, so that many equal magnitudes (quantised weights, zeros) cost nothing. A block
+    of the base is read once for all sources (it stays in the L1 cache).
+
+    found needs BLOCK entries of room beyond each window; a window that fills it is abandoned,
+    with found_n[i] set above found.shape[1] - BLOCK: wider than the caller expected. The copy
+    is the costly part: with AVX-512 it packs 16 entries per instruction, elsewhere it copies
+    listed groups of 4 (``PACKED_WINDOWS`` says which).
+    """
+    kernel = _windows_packed if PACKED_WINDOWS else _windows_listed
+    return kernel(base, sources, lo, hi, counts, found, found_n)
 
 
 @njit(inline="always")
