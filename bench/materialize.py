@@ -25,7 +25,7 @@ import torch
 
 from _common import build_models, emit, median, model_bytes, parser, setup, timed
 
-from evomm.adapters.base import TensorSlot
+from evomm.merging.slots import TensorSlot
 from evomm.adapters.llm import LLMAdapter
 from evomm.merging.engine import materialize
 from evomm.merging.recipe import Entry, Recipe

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -206,10 +208,81 @@ def test_trim_keeps_exactly_the_top_k_magnitudes(values, density):
     assert torch.equal(kept[list(top)], delta[list(top)])  # kept values are not changed
 
 
-def test_trim_keeps_all_entries_tied_at_the_threshold():
+def mergekit_sparsify():
+    return pytest.importorskip("mergekit.sparsify", reason="mergekit is not installed")
+
+
+def tied_delta(seed: int, n: int, levels: int) -> torch.Tensor:
+    """A task vector of few distinct magnitudes (as bf16 checkpoints give): many ties."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-levels, levels + 1, (n,), generator=g).float() * 0.125
+
+
+def test_trim_keeps_k_entries_and_breaks_ties_as_torchs_cpu_argsort():
     delta = torch.tensor([3.0, -2.0, 2.0, 1.0])
     kept = trim_magnitude(delta, 0.5)  # k = 2; the 2nd largest magnitude 2 occurs twice
-    assert kept.tolist() == [3.0, -2.0, 2.0, 0.0]
+    assert torch.count_nonzero(kept) == 2 and kept[0] == 3.0
+    for n, levels in ((100, 3), (5000, 4), (70_000, 20)):
+        delta = tied_delta(n, n, levels)
+        for density in (0.01, 0.3, 0.5, 0.77):
+            k = max(1, int(density * n))
+            order = torch.argsort(delta.abs(), descending=True)  # mergekit's own call
+            expected = torch.zeros_like(delta)
+            expected[order[:k]] = delta[order[:k]]
+            kept = trim_magnitude(delta, density)
+            assert torch.equal(kept, expected), (n, levels, density)
+            assert int(torch.count_nonzero(kept)) == int(torch.count_nonzero(expected))
+
+
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+@pytest.mark.parametrize("shape", [(37,), (64, 129), (3, 40, 50)])
+def test_trims_equal_mergekits_sparsify_on_tied_magnitudes(kernels, shape, monkeypatch):
+    """mergekit's own magnitude and magnitude_outliers on bf16-like task vectors (many ties)."""
+    sparsify = mergekit_sparsify()
+    monkeypatch.setenv("EVOMM_KERNELS", kernels)
+    g = torch.Generator().manual_seed(len(shape))
+    base = torch.randn(shape, generator=g).bfloat16()
+    source = (base.float() + 0.01 * torch.randn(shape, generator=g)).bfloat16()
+    delta = source.float() - base.float()
+    for density in (0.1, 0.5, 0.9):
+        for rescale in (False, True):
+            norm = sparsify.RescaleNorm.l1 if rescale else None
+            assert torch.equal(trim_magnitude(delta, density, rescale),
+                               sparsify.magnitude(delta, density, rescale_norm=norm)), (density, rescale)
+        for gamma in (0.0, 0.05, 0.3):
+            assert torch.equal(trim_outliers(delta, density, gamma),
+                               sparsify.magnitude_outliers(delta, density, gamma=gamma)), (density, gamma)
+
+
+def test_sorted_slice_is_torchs_cpu_sort_in_any_range():
+    """The replayed sort against torch.sort on the CPU: ties, NaN, any range, both directions."""
+    from evomm.merging.topk import sorted_slice
+
+    g = np.random.default_rng(0)
+    for trial in range(150):
+        n = int(g.choice([1, 2, 16, 17, 40, 1000, 20_000]))
+        values = (g.integers(0, [1, 2, 3, 50, 10**6][trial % 5], n) * 0.5).astype(np.float32)
+        if trial % 7 == 0:
+            values[g.integers(0, n, max(1, n // 30))] = np.nan
+        descending = bool(trial % 2)
+        start = int(g.integers(0, n + 1))
+        stop = int(g.integers(start, n + 1))
+        order = torch.sort(torch.from_numpy(values), descending=descending).indices.numpy()
+        assert np.array_equal(sorted_slice(values, descending, start, stop), order[start:stop]), trial
+
+
+def test_the_replayed_heap_sort_sorts():
+    """Past its depth limit std::sort heap-sorts a partition; forced here with a depth of 0."""
+    pytest.importorskip("numba")
+    from evomm.merging.sort_kernels import sort_range
+
+    values = (np.random.default_rng(1).integers(0, 7, 500) * 0.5).astype(np.float32)
+    for descending in (True, False):
+        vals, idx = values.copy(), np.arange(values.size, dtype=np.int64)
+        sort_range(vals, idx, descending, 0, values.size, 0)
+        expected = np.sort(values)[::-1] if descending else np.sort(values)
+        assert np.array_equal(vals, expected) and np.array_equal(values[idx], vals)
+        assert np.array_equal(np.sort(idx), np.arange(values.size))
 
 
 def test_ties_rescale_matches_the_l1_norm_of_the_untrimmed_delta():

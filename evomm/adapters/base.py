@@ -14,33 +14,13 @@ and vocabulary-row slicing happen inside the adapter when it builds the slots, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-
-@dataclass
-class TensorSlot:
-    """One mergeable tensor of the target and its inputs.
-
-    name:    canonical tensor name in the target model (what recipe filters match against).
-    group:   the parameter group this tensor belongs to (``embed``, ``layers.3``, ``IN04`` ...).
-    t:       position of the group in the layer stack in [0, 1]; mergekit's ``t`` for per-layer
-             value lists (i/(N-1) for layer i; 0 for tensors outside the stack, as mergekit 0.1.5).
-    target:  the resident tensor (or a view of it) that a candidate is written into in place.
-    sources: one tensor per source model, same shape as ``target``.
-    base:    the base model's tensor for task-vector methods, or None when there is no base.
-    """
-
-    name: str
-    group: str
-    t: float
-    target: torch.Tensor
-    sources: list[torch.Tensor]
-    base: torch.Tensor | None = None
-    original: torch.Tensor | None = field(default=None, repr=False)
+from evomm.merging.slots import TensorSlot  # noqa: F401 - re-exported: adapters build slots
 
 
 @runtime_checkable

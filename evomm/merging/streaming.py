@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from evomm.adapters.base import TensorSlot
+from evomm.merging.slots import TensorSlot
 from evomm.adapters.loading import compare_shapes, pick_device, resolve_ref, torch_dtype
 from evomm.errors import ConfigError
 from evomm.merging.engine import materialize
