@@ -74,6 +74,13 @@ def sources_for(method):
     return 1 if method == "slerp" else 2
 
 
+@pytest.fixture(params=["numba", "torch"])
+def kernels_path(request, monkeypatch):
+    """Both CPU paths: the fused numba kernels and torch operations (EVOMM_KERNELS=torch)."""
+    monkeypatch.setenv("EVOMM_KERNELS", request.param)
+    return request.param
+
+
 @pytest.fixture
 def index_everywhere(monkeypatch):
     """TIES on tiny tensors takes the large-tensor path (magnitude index, fix-up)."""
@@ -83,7 +90,7 @@ def index_everywhere(monkeypatch):
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", list(PARAMS))
-def test_engine_equals_reference(method, dtype, chunk, index_everywhere):
+def test_engine_equals_reference(method, dtype, chunk, index_everywhere, kernels_path):
     for shape in SHAPES:
         for params in PARAMS[method]:
             slot = make_slot(shape, sources_for(method), dtype)
@@ -98,7 +105,7 @@ def test_engine_equals_reference(method, dtype, chunk, index_everywhere):
 
 
 @pytest.mark.parametrize("small_tensor", [ties_thresholds.SMALL_TENSOR, 0])
-def test_three_sources_and_every_chunk_size(small_tensor, monkeypatch):
+def test_three_sources_and_every_chunk_size(small_tensor, monkeypatch, kernels_path):
     monkeypatch.setattr(ties_thresholds, "SMALL_TENSOR", small_tensor)
     for method in ("ties", "dare_ties", "task_arithmetic"):
         params = {"weight": [0.5, 0.2, 0.9]}
@@ -110,7 +117,7 @@ def test_three_sources_and_every_chunk_size(small_tensor, monkeypatch):
             assert torch.equal(slot.target, reference(slot, method, params)), (method, chunk)
 
 
-def test_a_tensor_larger_than_a_kernel_block_and_the_small_tensor_limit():
+def test_a_tensor_larger_than_a_kernel_block_and_the_small_tensor_limit(kernels_path):
     """Defaults only: several kernel blocks, the magnitude index and the fix-up, bf16 chunks."""
     for dtype in DTYPES:
         for method, params in (("ties", {"weight": [0.7, 0.5], "density": [0.3, 0.8]}),
@@ -375,3 +382,89 @@ def test_fused_kernels_copy_only_chunks_of_non_float32_inputs():
     assert Workspace(None).fused_chunk(n, [f32, f32]) == n
     assert Workspace(None).fused_chunk(n, [f32, bf16]) == engine.CPU_CHUNK
     assert Workspace(16).fused_chunk(n, [f32, f32]) == 16
+
+
+def bf16_slot(shape, n_sources, seed=0, scale=1e-3):
+    """bf16 experts = base + scale * randn, as fine-tunes differ: their task vectors take few
+    distinct values, so many entries tie at any TIES threshold."""
+    g = torch.Generator().manual_seed(seed)
+    base = (0.02 * torch.randn(shape, generator=g)).bfloat16()
+    sources = [(base.float() + scale * torch.randn(shape, generator=g)).bfloat16() for _ in range(n_sources)]
+    return TensorSlot(name="model.layers.0.mlp.up_proj.weight", group="layers.0", t=0.0,
+                      target=torch.empty(shape, dtype=torch.bfloat16), sources=sources, base=base)
+
+
+@pytest.mark.parametrize("small_tensor", [1 << 20, 0])  # kthvalue; sampled thresholds and index
+def test_ties_on_bf16_checkpoints_keeps_mergekits_entries(small_tensor, kernels_path, monkeypatch):
+    """Realistic shapes with many tied magnitudes: exactly k entries per source, the reference's
+    (mergekit's) tie order, for the first merge (single-use thresholds), the second (the
+    magnitude index) and a third at other densities (cached tie orders), bf16 and float32."""
+    monkeypatch.setattr(ties_thresholds, "SMALL_TENSOR", small_tensor)
+    slot = bf16_slot((256, 688), 3)
+    magnitudes = (slot.sources[0].float() - slot.base.float()).abs()
+    k = int(0.5 * magnitudes.numel())
+    assert int((magnitudes >= magnitudes.view(-1).kthvalue(magnitudes.numel() - k + 1).values).sum()) > k * 1.01
+    for density in ([0.5, 0.3, 0.9], [0.5, 0.3, 0.9], [0.2, 0.71, 0.45]):
+        params = {"weight": [0.5, 0.3, 0.7], "density": density}
+        materialize([slot], recipe_for("ties", params, 3))
+        assert torch.equal(slot.target, reference(slot, "ties", params)), density
+    as_f32 = TensorSlot(slot.name, slot.group, 0.0, torch.empty(slot.target.shape),
+                        [s.float() for s in slot.sources], slot.base.float())
+    materialize([as_f32], recipe_for("ties", params, 3))
+    assert torch.equal(as_f32.target, reference(as_f32, "ties", params))
+
+
+NO_NUMBA = """
+import json, sys
+sys.modules["numba"] = None  # as if it were not installed: importing it raises ImportError
+import torch
+from evomm.merging import backend
+from evomm.merging.engine import materialize
+from evomm.merging.recipe import Entry, Recipe
+from evomm.merging.slots import TensorSlot
+
+assert not backend.fast_kernels()
+out = {}
+for method, settings in json.loads(sys.argv[1]).items():
+    for j, params in enumerate(settings):
+        m = 1 if method == "slerp" else 2
+        g = torch.Generator().manual_seed(0)
+        base = (0.02 * torch.randn(64, 300, generator=g)).bfloat16()
+        sources = [(base.float() + 1e-3 * torch.randn(64, 300, generator=g)).bfloat16() for _ in range(m)]
+        slot = TensorSlot("w", "layers.0", 0.0, torch.empty(64, 300, dtype=torch.bfloat16), sources, base)
+        recipe = Recipe(adapter="llm", method=method, models=[f"m{i}" for i in range(m)], base="b",
+                        entries=[Entry(params=params)], seed=5)
+        materialize([slot], recipe)
+        out[f"{method}{j}"] = slot.target
+assert "evomm.merging.kernels" not in sys.modules
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_without_numba_the_torch_path_merges_the_same(tmp_path):
+    """numba is optional: with it missing (sys.modules['numba'] = None) every method still
+    merges, through torch operations, to the tensors the fused kernels give."""
+    import json
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", NO_NUMBA, json.dumps(PARAMS), str(tmp_path / "out.pt")], check=True)
+    theirs = torch.load(tmp_path / "out.pt")
+    for method, settings in PARAMS.items():
+        for j, params in enumerate(settings):
+            slot = bf16_slot((64, 300), sources_for(method))
+            slot.name = "w"
+            materialize([slot], recipe_for(method, params, sources_for(method)))
+            assert torch.equal(theirs[f"{method}{j}"], slot.target), (method, params)
+
+
+def test_kernel_choice_is_checked(monkeypatch):
+    from evomm.merging import backend
+
+    monkeypatch.setenv("EVOMM_KERNELS", "cuda")
+    with pytest.raises(ConfigError, match="EVOMM_KERNELS='cuda' is not one of auto, numba, torch"):
+        materialize([make_slot((5,), 2)], recipe_for("linear", {"weight": [1, 1]}, 2))
+    monkeypatch.setenv("EVOMM_KERNELS", "numba")
+    monkeypatch.setattr(backend, "numba_available", lambda: False)
+    with pytest.raises(ConfigError, match="numba is not installed"):
+        materialize([make_slot((5,), 2)], recipe_for("linear", {"weight": [1, 1]}, 2))
