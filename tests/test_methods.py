@@ -254,6 +254,35 @@ def test_trims_equal_mergekits_sparsify_on_tied_magnitudes(kernels, shape, monke
                                sparsify.magnitude_outliers(delta, density, gamma=gamma)), (density, gamma)
 
 
+@pytest.mark.parametrize("shape", [(50,), (16, 40)])
+def test_della_keep_probabilities_are_mergekits(shape, monkeypatch):
+    """The deterministic half of DELLA: the keep probability of every entry, tied magnitudes
+    included, equals what mergekit's della_magprune hands to torch.bernoulli."""
+    sparsify = mergekit_sparsify()
+    from evomm.merging.sparsify import keep_probabilities
+
+    delta = tied_delta(1, math.prod(shape), 5).reshape(shape)
+    seen = []
+    real = torch.bernoulli
+    monkeypatch.setattr(sparsify.torch, "bernoulli", lambda p: seen.append(p.clone()) or real(p))
+    sparsify.della_magprune(delta, 0.4, 0.15)
+    rows = delta.reshape(1, -1) if delta.dim() == 1 else delta
+    assert torch.equal(keep_probabilities(rows, 0.4, 0.15), seen[0])
+
+
+def test_a_della_recipe_with_its_own_epsilon_passes_the_recipe_check():
+    """mergekit's della example: density 0.1 with epsilon 0.05 is valid; each value was
+    checked alone and the density was paired with the default epsilon 0.15."""
+    from evomm.merging.recipe import Entry, Recipe, check_recipe
+
+    params = {"weight": [1.0, [0, 0.3, 0.7, 1]], "density": [[1, 0.7, 0.1], 0.5], "epsilon": [0.05, 0.05]}
+    check_recipe(Recipe(adapter="llm", method="della", models=["a", "b"], base="c", entries=[Entry(params=params)]))
+    spec = get_method("della")
+    spec.check_params({"weight": [1.0, 1.0], "density": [0.1, 0.5], "epsilon": [0.05, 0.05]}, 2)
+    with pytest.raises(ConfigError, match=r"density 0\.1 \+/- epsilon 0\.15"):  # the default, at merge time
+        spec.merge(torch.zeros(4), [torch.ones(4), torch.ones(4)], {"weight": [1.0, 1.0], "density": [0.1, 0.5]}, seed=0)
+
+
 def test_sorted_slice_is_torchs_cpu_sort_in_any_range():
     """The replayed sort against torch.sort on the CPU: ties, NaN, any range, both directions."""
     from evomm.merging.topk import sorted_slice

@@ -17,7 +17,13 @@ parameter names follow mergekit, so a mergekit recipe means the same thing here:
 
 Every function computes in float32 whatever the storage dtype (each input is upcast with
 ``.float()`` where it is used, so only one float32 copy is alive at a time), never writes into
-its inputs, and returns a fresh tensor.
+its inputs, and returns a fresh tensor. The tensor functions of the sparsification steps live in
+``evomm.merging.sparsify``, the random stream in ``evomm.merging.random_stream``, the parameter
+checks in ``evomm.merging.method_spec``.
+
+The magnitude trims (ties, breadcrumbs) keep exactly mergekit 0.1.5's entries: its counts
+(k = max(1, int(density * numel)) for ties) and, among entries of equal magnitude at a boundary,
+the ones its CPU ``torch.argsort`` / ``torch.sort`` puts first (``evomm.merging.topk``).
 
 Where this differs from mergekit 0.1.5 (on purpose):
 - ``rescale`` of the random methods (DARE, DELLA) scales each kept entry by its inverse keep
@@ -27,6 +33,9 @@ Where this differs from mergekit 0.1.5 (on purpose):
   here the random numbers are a counter-based hash of (seed, source, position) (``uniform24``),
   so a seed rebuilds the same tensor on any device, in any chunking, in any process.
 - ``rescale`` of the magnitude trims (ties, breadcrumbs) is mergekit 0.1.5's L1-norm match.
+- mergekit computes in the merge's dtype (bf16 task vectors and sums for ``dtype: bfloat16``);
+  here everything is float32, rounded once at the end. For the deterministic methods the result
+  is mergekit's ``dtype: float32`` result, rounded to the storage dtype.
 - DELLA ranks magnitudes per output row (``shape[0]`` rows, everything else flattened), for
   every tensor rank; mergekit ranks along dim 1, which for 4-D conv kernels is the input-channel
   axis.

@@ -94,6 +94,22 @@ def drop_random(delta: Tensor, density: float, rescale: bool, key: int) -> Tenso
     return kept * (1.0 / density) if rescale else kept
 
 
+def keep_probabilities(rows: Tensor, density: float, epsilon: float) -> Tensor:
+    """DELLA's keep probability of every entry of ``rows`` [rows, m] (float32): density - epsilon
+    for a row's smallest magnitude rising linearly with its rank to density + epsilon for the
+    largest, as mergekit's ``della_magprune`` computes it (ranks from the same ``argsort``, so
+    tied magnitudes get mergekit's ranks). A row of one entry gets ``density`` (mergekit: NaN).
+    """
+    m = rows.shape[1]
+    if m < 2:
+        return torch.full_like(rows, density)
+    order = rows.abs().argsort(dim=1)  # [rows, m], ascending magnitude
+    ranks = torch.empty_like(rows)
+    steps = torch.arange(m, device=rows.device, dtype=rows.dtype).expand_as(rows)
+    ranks.scatter_(1, order, steps / (m - 1))  # normalised rank in [0, 1]
+    return (density - epsilon) + 2.0 * epsilon * ranks
+
+
 def drop_by_rank(delta: Tensor, density: float, epsilon: float, rescale: bool, key: int) -> Tensor:
     """DELLA's MagPrune: per output row, keep probability rises linearly with magnitude rank.
 
@@ -106,15 +122,7 @@ def drop_by_rank(delta: Tensor, density: float, epsilon: float, rescale: bool, k
     if density >= 1.0:
         return delta
     u = uniform24(key, rows.numel(), delta.device).reshape(rows.shape).float() * 2.0**-24
-    m = rows.shape[1]
-    if m > 1:
-        order = rows.abs().argsort(dim=1)  # [rows, m], ascending magnitude
-        ranks = torch.empty_like(rows)
-        steps = torch.arange(m, device=delta.device, dtype=rows.dtype).expand_as(rows)
-        ranks.scatter_(1, order, steps / (m - 1))  # normalised rank in [0, 1]
-        probs = (density - epsilon) + 2.0 * epsilon * ranks
-    else:
-        probs = torch.full_like(rows, density)
+    probs = keep_probabilities(rows, density, epsilon)
     kept = torch.where(u < probs, rows, 0.0)
     if rescale:
         kept = kept / probs
