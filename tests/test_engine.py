@@ -394,18 +394,19 @@ def bf16_slot(shape, n_sources, seed=0, scale=1e-3):
                       target=torch.empty(shape, dtype=torch.bfloat16), sources=sources, base=base)
 
 
+@pytest.mark.parametrize("tie_order", ["index", "mergekit"])
 @pytest.mark.parametrize("small_tensor", [1 << 20, 0])  # kthvalue; sampled thresholds and index
-def test_ties_on_bf16_checkpoints_keeps_mergekits_entries(small_tensor, kernels_path, monkeypatch):
+def test_ties_on_bf16_checkpoints_keeps_the_references_entries(small_tensor, tie_order, kernels_path, monkeypatch):
     """Realistic shapes with many tied magnitudes: exactly k entries per source, the reference's
-    (mergekit's) tie order, for the first merge (single-use thresholds), the second (the
-    magnitude index) and a third at other densities (cached tie orders), bf16 and float32."""
+    tie order, for the first merge (single-use thresholds), the second (the magnitude index) and
+    a third at other densities (cached tie orders), bf16 and float32."""
     monkeypatch.setattr(ties_thresholds, "SMALL_TENSOR", small_tensor)
     slot = bf16_slot((256, 688), 3)
     magnitudes = (slot.sources[0].float() - slot.base.float()).abs()
     k = int(0.5 * magnitudes.numel())
     assert int((magnitudes >= magnitudes.view(-1).kthvalue(magnitudes.numel() - k + 1).values).sum()) > k * 1.01
     for density in ([0.5, 0.3, 0.9], [0.5, 0.3, 0.9], [0.2, 0.71, 0.45]):
-        params = {"weight": [0.5, 0.3, 0.7], "density": density}
+        params = {"weight": [0.5, 0.3, 0.7], "density": density, "tie_order": tie_order}
         materialize([slot], recipe_for("ties", params, 3))
         assert torch.equal(slot.target, reference(slot, "ties", params)), density
     as_f32 = TensorSlot(slot.name, slot.group, 0.0, torch.empty(slot.target.shape),

@@ -78,7 +78,7 @@ def test_mergekit_defaults():
     """normalize / rescale defaults follow mergekit, so a YAML without them means the same."""
     assert get_method("linear").global_params["normalize"] is True
     assert get_method("task_arithmetic").global_params["normalize"] is False
-    assert get_method("ties").global_params == {"normalize": True, "lambda": 1.0, "rescale": False}
+    assert get_method("ties").global_params == {"normalize": True, "lambda": 1.0, "rescale": False, "tie_order": "index"}
     for name in ("dare_ties", "dare_linear"):
         defaults = {"normalize": False, "lambda": 1.0, "rescale": True}
         assert get_method(name).global_params == defaults
@@ -218,20 +218,19 @@ def tied_delta(seed: int, n: int, levels: int) -> torch.Tensor:
     return torch.randint(-levels, levels + 1, (n,), generator=g).float() * 0.125
 
 
-def test_trim_keeps_k_entries_and_breaks_ties_as_torchs_cpu_argsort():
+def test_trim_keeps_k_entries_and_breaks_ties_by_the_tie_order():
     delta = torch.tensor([3.0, -2.0, 2.0, 1.0])
-    kept = trim_magnitude(delta, 0.5)  # k = 2; the 2nd largest magnitude 2 occurs twice
-    assert torch.count_nonzero(kept) == 2 and kept[0] == 3.0
+    assert trim_magnitude(delta, 0.5).tolist() == [3.0, -2.0, 0.0, 0.0]  # k = 2; |2| occurs twice
     for n, levels in ((100, 3), (5000, 4), (70_000, 20)):
         delta = tied_delta(n, n, levels)
         for density in (0.01, 0.3, 0.5, 0.77):
             k = max(1, int(density * n))
-            order = torch.argsort(delta.abs(), descending=True)  # mergekit's own call
-            expected = torch.zeros_like(delta)
-            expected[order[:k]] = delta[order[:k]]
-            kept = trim_magnitude(delta, density)
-            assert torch.equal(kept, expected), (n, levels, density)
-            assert int(torch.count_nonzero(kept)) == int(torch.count_nonzero(expected))
+            for tie_order, stable in (("index", True), ("mergekit", False)):  # mergekit: torch's CPU argsort
+                order = torch.argsort(delta.abs(), descending=True, stable=stable)
+                expected = torch.zeros_like(delta)
+                expected[order[:k]] = delta[order[:k]]
+                kept = trim_magnitude(delta, density, tie_order=tie_order)
+                assert torch.equal(kept, expected), (n, levels, density, tie_order)
 
 
 @pytest.mark.parametrize("kernels", ["numba", "torch"])
@@ -247,11 +246,19 @@ def test_trims_equal_mergekits_sparsify_on_tied_magnitudes(kernels, shape, monke
     for density in (0.1, 0.5, 0.9):
         for rescale in (False, True):
             norm = sparsify.RescaleNorm.l1 if rescale else None
-            assert torch.equal(trim_magnitude(delta, density, rescale),
+            assert torch.equal(trim_magnitude(delta, density, rescale, "mergekit"),
                                sparsify.magnitude(delta, density, rescale_norm=norm)), (density, rescale)
         for gamma in (0.0, 0.05, 0.3):
-            assert torch.equal(trim_outliers(delta, density, gamma),
+            assert torch.equal(trim_outliers(delta, density, gamma, tie_order="mergekit"),
                                sparsify.magnitude_outliers(delta, density, gamma=gamma)), (density, gamma)
+            # index order: the same entries as a stable ascending sort keeps
+            n = delta.numel()
+            keep, n_top = int(density * n), int(gamma * n)
+            start = max(0, n - keep - n_top)
+            order = torch.sort(delta.abs().reshape(-1), stable=True).indices[start:start + keep]
+            expected = torch.zeros(n)
+            expected[order] = delta.reshape(-1)[order]
+            assert torch.equal(trim_outliers(delta, density, gamma), expected.reshape(shape)), (density, gamma)
 
 
 @pytest.mark.parametrize("shape", [(50,), (16, 40)])
@@ -268,6 +275,13 @@ def test_della_keep_probabilities_are_mergekits(shape, monkeypatch):
     sparsify.della_magprune(delta, 0.4, 0.15)
     rows = delta.reshape(1, -1) if delta.dim() == 1 else delta
     assert torch.equal(keep_probabilities(rows, 0.4, 0.15), seen[0])
+
+
+def test_tie_order_is_checked():
+    spec = get_method("ties")
+    spec.check_params({"weight": [1.0], "tie_order": "mergekit"}, 1)
+    with pytest.raises(ConfigError, match="'tie_order' must be one of index, mergekit, got 'stable'"):
+        spec.check_params({"weight": [1.0], "tie_order": "stable"}, 1)
 
 
 def test_a_della_recipe_with_its_own_epsilon_passes_the_recipe_check():

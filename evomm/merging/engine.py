@@ -45,7 +45,7 @@ import torch
 
 from evomm.errors import ConfigError, IncompatibleModelsError
 from evomm.merging.backend import fast_kernels
-from evomm.merging.method_spec import MethodSpec
+from evomm.merging.method_spec import CHOICE_PARAMS, MethodSpec
 from evomm.merging.methods import get_method
 from evomm.merging.recipe import Recipe
 from evomm.merging.slots import TensorSlot
@@ -184,6 +184,8 @@ def _checked_params(spec: MethodSpec, slot: TensorSlot, params: dict, memo: dict
                 out[name] = [float(v) for v in value]
             elif isinstance(value, (bool, np.bool_)):
                 out[name] = bool(value)
+            elif name in CHOICE_PARAMS:
+                out[name] = str(value)
             else:
                 out["lambda_" if name == "lambda" else name] = float(value)
         memo[key] = out

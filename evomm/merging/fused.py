@@ -33,7 +33,10 @@ def fused_slot(method: str, slot: TensorSlot, p: dict, seed: int | None, work: W
 
     density = p.get("density", [1.0] * m)
     mix = Mix.of(method, p, density, seed)
-    trim = Thresholds.for_ties(slot_cache(slot), base, sources, density, work) if method == "ties" else Thresholds(m)
+    if method == "ties":
+        trim = Thresholds.for_ties(slot_cache(slot), base, sources, density, work, p["tie_order"])
+    else:
+        trim = Thresholds(m)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         dst = tflat[start:stop] if direct else work.buffer("out", stop - start, cpu)

@@ -38,6 +38,11 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
 }
 # Global params that are switches rather than numbers.
 _BOOL_PARAMS = frozenset({"normalize", "rescale", "filter_wise"})
+# Global params that name one of a few choices.
+CHOICE_PARAMS: dict[str, tuple[str, ...]] = {
+    # Which of the entries tied at a magnitude trim's boundary are kept (evomm.merging.topk).
+    "tie_order": ("index", "mergekit"),
+}
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,10 @@ class MethodSpec:
             if key not in params:
                 continue
             value = params[key]
-            if key in _BOOL_PARAMS:
+            if key in CHOICE_PARAMS:
+                if value not in CHOICE_PARAMS[key]:
+                    raise self._err(f"parameter '{key}' must be one of {', '.join(CHOICE_PARAMS[key])}, got {value!r}")
+            elif key in _BOOL_PARAMS:
                 if not _is_bool(value):
                     raise self._err(f"parameter '{key}' must be true or false, got {value!r}")
             else:
@@ -180,6 +188,8 @@ class MethodSpec:
                 kwargs[key] = [float(v) for v in value]
             elif key in _BOOL_PARAMS:
                 kwargs[key] = bool(value)
+            elif key in CHOICE_PARAMS:
+                kwargs[key] = str(value)
             else:
                 kwargs[_py_name(key)] = float(value)
         if self.random:

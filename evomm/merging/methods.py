@@ -251,7 +251,7 @@ def task_arithmetic(
     "ties",
     needs_base=True,
     tensor_params={"weight": None, "density": 1.0},
-    global_params={"normalize": True, "lambda": 1.0, "rescale": False},
+    global_params={"normalize": True, "lambda": 1.0, "rescale": False, "tie_order": "index"},
 )
 def ties(
     base: Tensor,
@@ -262,10 +262,16 @@ def ties(
     normalize: bool,
     lambda_: float,
     rescale: bool,
+    tie_order: str,
 ) -> Tensor:
-    """TIES-Merging: trim each task vector to its top-density magnitudes, elect signs, mean."""
+    """TIES-Merging: trim each task vector to its top-density magnitudes, elect signs, mean.
+
+    Exactly k = max(1, int(density * numel)) entries per task vector are kept; of the entries
+    tied at the k-th largest magnitude, the first in index order (``tie_order: index``) or the
+    ones mergekit's CPU argsort lists first (``tie_order: mergekit``; slower).
+    """
     deltas = [
-        trim_magnitude(tau, d, rescale) for tau, d in zip(_task_vectors(base, sources), density)
+        trim_magnitude(tau, d, rescale, tie_order) for tau, d in zip(_task_vectors(base, sources), density)
     ]
     return combine_task_vectors(
         base, deltas, weight, elect_sign=True, normalize=normalize, lambda_=lambda_
@@ -333,7 +339,7 @@ def dare_linear(
     "breadcrumbs",
     needs_base=True,
     tensor_params={"weight": None, "density": 1.0, "gamma": 0.01},
-    global_params={"normalize": False, "lambda": 1.0, "rescale": False},
+    global_params={"normalize": False, "lambda": 1.0, "rescale": False, "tie_order": "index"},
 )
 def breadcrumbs(
     base: Tensor,
@@ -345,10 +351,11 @@ def breadcrumbs(
     normalize: bool,
     lambda_: float,
     rescale: bool,
+    tie_order: str,
 ) -> Tensor:
     """Model Breadcrumbs: drop outliers and small entries of each task vector, weighted sum."""
     deltas = [
-        trim_outliers(tau, d, g, rescale)
+        trim_outliers(tau, d, g, rescale, tie_order)
         for tau, d, g in zip(_task_vectors(base, sources), density, gamma)
     ]
     return combine_task_vectors(

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from evomm.merging.random_stream import keep_limit, uniform24
-from evomm.merging.topk import apply_trim, exact_trim, sorted_slice, top_k
+from evomm.merging.topk import apply_trim, band_slice, exact_trim, top_k
 
 # Norms below this are not used to rescale (mergekit's rescaled_masked_tensor eps).
 _TINY_NORM = 1e-7
@@ -34,29 +34,32 @@ def magnitude_threshold(magnitudes: Tensor, k: int) -> Tensor:
     return torch.kthvalue(flat, flat.numel() - k + 1).values
 
 
-def trim_magnitude(delta: Tensor, density: float, rescale: bool = False) -> Tensor:
+def trim_magnitude(delta: Tensor, density: float, rescale: bool = False, tie_order: str = "index") -> Tensor:
     """Keep the top-``density`` fraction of ``delta`` by magnitude, zero the rest (TIES trim).
 
     Exactly mergekit's k = max(1, int(density * numel)) entries are kept: all above the k-th
-    largest magnitude, and of those equal to it the ones torch's CPU argsort lists first.
+    largest magnitude, and of those equal to it the first in ``tie_order`` (``evomm.merging.topk``).
     """
     n = delta.numel()
     if density >= 1.0 or n == 0:
         return delta
     k = top_k(density, n)
     magnitudes = delta.abs().reshape(-1)
-    kept = apply_trim(delta, exact_trim(magnitudes, k, float(magnitude_threshold(magnitudes, k))))
+    value = float(magnitude_threshold(magnitudes, k))
+    kept = apply_trim(delta, exact_trim(magnitudes, k, value, tie_order=tie_order))
     return _rescale_l1(delta, kept) if rescale else kept
 
 
-def trim_outliers(delta: Tensor, density: float, gamma: float, rescale: bool = False) -> Tensor:
+def trim_outliers(delta: Tensor, density: float, gamma: float, rescale: bool = False,
+                  tie_order: str = "index") -> Tensor:
     """Model Breadcrumbs: drop the ``gamma`` fraction of largest magnitudes, then the smallest.
 
     In ascending magnitude order the kept entries are ranks [n_bot, n_bot + keep) with
     keep = int(density * n), n_top = int(gamma * n) and n_bot = max(0, n - keep - n_top), as in
     mergekit (outlier removal shrinks when it would leave fewer than ``keep`` entries). The two
-    boundary magnitudes come from kthvalue; of the entries equal to a boundary, the ones that
-    torch's CPU sort (mergekit's ``torch.sort``) puts inside the ranks are kept.
+    boundary magnitudes come from kthvalue; of the entries equal to a boundary, the ones that an
+    ascending sort puts inside the ranks are kept: a stable one (``tie_order: index``) or
+    mergekit's ``torch.sort`` on the CPU (``tie_order: mergekit``).
     """
     n = delta.numel()
     if density >= 1.0 or n == 0:
@@ -78,8 +81,8 @@ def trim_outliers(delta: Tensor, density: float, gamma: float, rescale: bool = F
         if start <= first and last <= stop:
             mask |= tied
         else:
-            ranks = (max(first, start), min(last, stop))
-            mask[torch.from_numpy(sorted_slice(flat.cpu().numpy(), False, *ranks)).to(flat.device)] = True
+            kept = band_slice(flat, value, first, max(first, start), min(last, stop), False, tie_order)
+            mask[torch.from_numpy(kept).to(flat.device)] = True
     kept = torch.where(mask, delta.reshape(-1), 0.0).reshape(delta.shape)
     return _rescale_l1(delta, kept) if rescale else kept
 

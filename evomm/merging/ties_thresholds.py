@@ -23,7 +23,7 @@ from torch import Tensor
 from evomm.merging import kernels
 from evomm.merging.slot_cache import SlotCache
 from evomm.merging.sparsify import magnitude_threshold
-from evomm.merging.topk import Trim, exact_trim, top_k
+from evomm.merging.topk import Trim, exact_trim, next_up, top_k
 from evomm.merging.workspace import Workspace, as_f32
 
 # Magnitude index: an edge every WINDOW entries (at least INDEX_EDGES edges per tensor), so the
@@ -187,22 +187,25 @@ def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:
 class Thresholds:
     """Per-source TIES trims for the fused kernel, for one slot and one candidate.
 
-    The kernel keeps |tau_i| >= threshold[i]. Small tensors: the exact trim (kthvalue). Larger
-    ones: the first merge's single-use thresholds, or the kernel trims at the magnitude index's
-    upper edge and collects the entries inside the bracket [lo, hi); ``fix_up`` then finds the
-    exact threshold among them. Where entries tie at the k-th largest magnitude, the threshold
-    is just above it and ``ties[i]`` lists the tied entries mergekit keeps; ``fix_up``
-    recomputes every entry that the final trims keep below the thresholds the kernel used.
-    ``Thresholds(m)`` keeps everything and collects nothing (the other methods).
+    The kernel keeps |tau_i| >= threshold[i] and collects the entries inside window[i] = [lo, hi)
+    (positions and values, in index order). Small tensors: the exact trim (kthvalue). Larger
+    ones: the first merge's single-use thresholds, or, from the magnitude index, a provisional
+    threshold at the bracket's upper edge with the bracket as the window. Where entries tie at
+    the k-th largest magnitude v, the threshold is just above v and ``fix_up`` adds the kept ties
+    (``index`` order: the window [v, next float) collects them in the kernel's pass; ``mergekit``
+    order: ``topk.kept_ties``). ``fix_up`` then recomputes every entry the final trims keep below
+    the thresholds the kernel used. ``Thresholds(m)`` keeps everything and collects nothing.
     """
 
-    def __init__(self, m: int):
+    def __init__(self, m: int, tie_order: str = "index"):
         self.threshold = np.zeros(m, np.float32)  # keep |tau| >= threshold; 0 keeps everything
         self.window = np.tile(np.float32([1.0, 0.0]), (m, 1))  # lo >= hi: no window
         self.found_idx = np.empty((m, 0), np.int64)
         self.found_val = np.empty((m, 0), np.float32)
         self.found_n = np.zeros(m, np.int64)
-        self.pending: dict[int, tuple[int, int, int]] = {}  # window sources: i -> (k, above, count)
+        self.tie_order = tie_order
+        self.pending: dict[int, tuple[int, int, int]] = {}  # bracket sources: i -> (k, above, count)
+        self.tied: dict[int, tuple[int, int, int, float]] = {}  # i -> (k, greater, equal, v): collect ties
         self.ties: dict[int, np.ndarray] = {}  # i -> sorted positions of the tied entries kept
         self.cache: SlotCache | None = None
 
@@ -211,11 +214,24 @@ class Thresholds:
         if trim.ties is not None:
             self.ties[i] = trim.ties
 
+    def _exact(self, i: int, base: Tensor, source: Tensor, k: int, value: float, greater: int, equal: int,
+               tied: np.ndarray | None = None) -> None:
+        """Source i's final trim from the k-th largest |tau| and the counts around it."""
+        n = base.numel()
+        if self.tie_order == "index" and tied is None and value > 0.0 and greater + equal > k:
+            self.tied[i] = (k, greater, equal, value)  # the kernel's pass collects the ties
+            self.threshold[i] = next_up(value)
+            self.window[i] = (value, next_up(value))
+            return
+        self._set(i, exact_trim(_magnitudes(base, source), k, value, greater, equal,
+                                self.cache.orders(i, n), self.tie_order, tied))
+
     @classmethod
     def for_ties(cls, cache: SlotCache, base: Tensor, sources: list[Tensor], density: list[float],
-                 work: Workspace) -> Thresholds:
+                 work: Workspace, tie_order: str = "index") -> Thresholds:
         m, n = len(sources), base.numel()
-        self = cls(m)
+        self = cls(m, tie_order)
+        self.cache = cache
         todo: dict[int, int] = {}  # source -> k, for those the sources' magnitudes decide
         for i, d in enumerate(density):
             if d >= 1.0:
@@ -224,16 +240,14 @@ class Thresholds:
             if n <= SMALL_TENSOR:
                 magnitudes = (sources[i].float() - base.float()).abs()
                 value = float(magnitude_threshold(magnitudes, k))
-                self._set(i, exact_trim(magnitudes, k, value, orders=cache.orders(i, n)))
+                self._set(i, exact_trim(magnitudes, k, value, orders=cache.orders(i, n), tie_order=tie_order))
             else:
                 todo[i] = k
         if todo and cache.ties_merges == 0:  # the first merge: no index yet (it may stay the only one)
             exact = select_thresholds(base, [sources[i] for i in todo], list(todo.values()), work)
             for i, found in zip(list(todo), exact):
                 if found is not None:
-                    value, greater, equal = found
-                    self._set(i, exact_trim(_magnitudes(base, sources[i]), todo.pop(i), value, greater, equal,
-                                            cache.orders(i, n)))
+                    self._exact(i, base, sources[i], todo.pop(i), *found)
         for i, k in todo.items():
             index = cache.indexes.get(i)
             if index is None:
@@ -247,8 +261,8 @@ class Thresholds:
             self.window[i] = (lo, hi)
             self.pending[i] = (k, above, inside)
         cache.ties_merges += 1
-        self.cache = cache
-        capacity = max((count for _, _, count in self.pending.values()), default=0) + kernels.BLOCK  # slack
+        counts = [count for _, _, count in self.pending.values()] + [equal for _, _, equal, _ in self.tied.values()]
+        capacity = max(counts, default=0) + kernels.BLOCK  # slack
         self.found_idx = np.empty((m, capacity), np.int64)
         self.found_val = np.empty((m, capacity), np.float32)
         return self
@@ -257,20 +271,27 @@ class Thresholds:
         """Set the exact trims of the window sources, and recompute every entry that the final
         trims keep but the kernel's thresholds dropped (entries inside a window, kept ties)."""
         positions = []
+        for i, (k, greater, equal, value) in self.tied.items():
+            if self.found_n[i] != equal:  # counted in this very merge: a bug, not input
+                raise RuntimeError(f"TIES tie count changed ({self.found_n[i]} != {equal})")
+            self._set(i, Trim(next_up(value), self.found_idx[i, :k - greater].copy()))
         for i, (k, above, count) in self.pending.items():
             if self.found_n[i] != count:  # the index counted these very entries: a bug, not input
                 raise RuntimeError(f"TIES magnitude index out of date ({self.found_n[i]} != {count})")
-            values = self.found_val[i, :count]
+            values, where = self.found_val[i, :count], self.found_idx[i, :count]
             value = np.partition(values, above + count - k)[above + count - k]  # the k-th largest
             greater = above + int(np.count_nonzero(values > value))
-            equal = int(np.count_nonzero(values == value))
-            self._set(i, exact_trim(_magnitudes(base, sources[i]), k, float(value), greater, equal,
-                                    self.cache.orders(i, base.numel())))
-            positions.append(self.found_idx[i, :count][values >= self.threshold[i]])
+            tied = where[values == value]
+            self._exact(i, base, sources[i], k, float(value), greater, tied.size,
+                        tied if self.tie_order == "index" else None)
+            positions.append(where[values >= self.threshold[i]])
         positions.extend(self.ties.values())
         where = _sorted_union(positions)
-        if not where.size:
-            return
+        if where.size:
+            self._recompute(mix, base, sources, tflat, where)
+
+    def _recompute(self, mix, base: Tensor, sources: list[Tensor], tflat: Tensor, where: np.ndarray) -> None:
+        """The merge at positions ``where`` with the final trims, written into ``tflat``."""
         idx = torch.from_numpy(where)
         b = base.index_select(0, idx).float().numpy()
         gathered = []

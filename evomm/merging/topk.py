@@ -1,12 +1,19 @@
-"""mergekit's magnitude top-k: exactly k entries, ties broken as torch's CPU argsort breaks them.
+"""The magnitude top-k of TIES: exactly mergekit's k entries, ties broken by a stated rule.
 
 mergekit 0.1.5 (``sparsify.magnitude``) keeps k = max(1, int(density * numel)) entries of a task
 vector: the first k of ``torch.argsort(|tau|.float(), descending=True)`` on the CPU. Every entry
 above the k-th largest magnitude v is kept, every entry below it dropped; of the entries equal to v
-(common in bf16 checkpoints, whose task vectors take few distinct values) only the first
-k - count(> v) in that sort's order are kept. That order is not the index order: torch's CPU sort
-is libstdc++'s unstable introsort. ``kept_ties`` reproduces it (``sort_kernels.sort_range``,
-compiled by numba; ``torch.argsort`` itself where numba is missing or ``EVOMM_KERNELS=torch``).
+(common: bf16 task vectors take few distinct values, and even float32 ones, base + a small
+change, fall on the base's float grid) only k - count(> v) are kept. Which ones is the method's
+``tie_order``:
+
+- ``index`` (evomm's default): the first in index order, as a stable sort would list them. Cheap
+  in every path (the fused kernel collects the tied entries in its pass).
+- ``mergekit``: the ones mergekit's CPU sort lists first. That sort is not stable (libstdc++'s
+  introsort), so its order among equal values follows from the whole tensor: ``kept_ties``
+  replays it (``sort_kernels.sort_range``, numba; ``torch.argsort`` itself where numba is missing
+  or ``EVOMM_KERNELS=torch``), about two passes of a quickselect per tied tensor and source.
+  Recipes read from a mergekit YAML use it, so ``evomm merge`` gives mergekit's tensors.
 
 A :class:`Trim` is one source's decision for one tensor, which every merge path applies the same
 way: keep |tau| >= ``threshold``, plus the tied entries listed in ``ties``.
@@ -23,7 +30,10 @@ from torch import Tensor
 
 from evomm.merging.backend import fast_kernels
 
-__all__ = ["Trim", "TieOrders", "apply_trim", "exact_trim", "kept_ties", "next_up", "sorted_slice", "top_k"]
+__all__ = ["TIE_ORDERS", "Trim", "TieOrders", "apply_trim", "band_slice", "exact_trim", "kept_ties", "next_up",
+           "sorted_slice", "tied_positions", "top_k"]
+
+TIE_ORDERS = ("index", "mergekit")
 
 
 def top_k(density: float, n: int) -> int:
@@ -98,13 +108,22 @@ def kept_ties(magnitudes: Tensor | Callable[[], Tensor], value: float, greater: 
     return np.sort(order[: k - greater]).astype(np.int64)
 
 
-def exact_trim(magnitudes: Tensor | Callable[[], Tensor], k: int, value: float, greater: int | None = None,
-               equal: int | None = None, orders: TieOrders | None = None) -> Trim:
-    """The trim that keeps exactly mergekit's k entries, given the k-th largest magnitude.
+def tied_positions(magnitudes: Tensor | Callable[[], Tensor], value: float) -> np.ndarray:
+    """Ascending flat positions of the entries equal to ``value``."""
+    magnitudes = magnitudes() if callable(magnitudes) else magnitudes
+    return torch.nonzero(magnitudes.reshape(-1) == value).reshape(-1).cpu().numpy()
 
-    ``greater`` and ``equal`` (entries above and at ``value``) are counted when not given (then
-    ``magnitudes`` must be a tensor). A
-    threshold of 0 keeps every entry: tied zeros are zeros whether kept or not.
+
+def exact_trim(magnitudes: Tensor | Callable[[], Tensor], k: int, value: float, greater: int | None = None,
+               equal: int | None = None, orders: TieOrders | None = None, tie_order: str = "index",
+               tied: np.ndarray | None = None) -> Trim:
+    """The trim that keeps exactly k entries, given the k-th largest magnitude ``value``.
+
+    Of the entries tied at ``value``, ``tie_order`` keeps the first in index order (``index``;
+    ``tied``, their ascending positions, when the caller has them) or the ones torch's CPU
+    argsort lists first (``mergekit``). ``greater`` and ``equal`` (entries above and at
+    ``value``) are counted when not given (then ``magnitudes`` must be a tensor). A threshold of
+    0 keeps every entry: tied zeros are zeros whether kept or not.
     """
     if value <= 0.0:
         return Trim(0.0)
@@ -113,7 +132,20 @@ def exact_trim(magnitudes: Tensor | Callable[[], Tensor], k: int, value: float, 
         equal = int(torch.count_nonzero(magnitudes == value))
     if greater + equal <= k:
         return Trim(value)
+    if tie_order == "index":
+        tied = tied_positions(magnitudes, value) if tied is None else tied
+        return Trim(next_up(value), tied[: k - greater].astype(np.int64))
     return Trim(next_up(value), kept_ties(magnitudes, value, greater, equal, k, orders))
+
+
+def band_slice(magnitudes: Tensor, value: float, first: int, start: int, stop: int, descending: bool,
+               tie_order: str) -> np.ndarray:
+    """Positions of the entries equal to ``value`` (ranks [first, first + count) in a sort of
+    ``magnitudes``) that the sort puts at ranks [start, stop), a part of that band: with
+    ``index``, ties in index order (a stable sort); with ``mergekit``, torch's CPU sort."""
+    if tie_order == "index":
+        return tied_positions(magnitudes, value)[start - first:stop - first]
+    return sorted_slice(magnitudes.detach().reshape(-1).float().cpu().numpy(), descending, start, stop)
 
 
 def apply_trim(delta: Tensor, trim: Trim) -> Tensor:

@@ -128,7 +128,8 @@ class TorchKernel:
         """TIES: keep exactly top_k[i] entries of the task vector ``d`` (whole, flat), in place."""
         k, magnitudes = self.top_k[i], d.abs()
         value = float(magnitude_threshold(magnitudes, k))
-        trim = exact_trim(magnitudes, k, value, orders=self.cache.orders(i, d.numel()))
+        trim = exact_trim(magnitudes, k, value, orders=self.cache.orders(i, d.numel()),
+                          tie_order=self.p["tie_order"])
         ties = None if trim.ties is None else torch.from_numpy(trim.ties).to(d.device)
         kept = None if ties is None else d.index_select(0, ties)
         torch.hardshrink(d, _prev_f32(trim.threshold), out=d)
