@@ -205,3 +205,14 @@ def test_importing_metrics_loads_neither_torch_nor_models():
             "print(sorted(m for m in ('torch', 'fugashi', 'fasttext', 'neologdn', 'rouge_score') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_docstring_and_readme_examples():
+    import doctest
+
+    import evomm.metrics
+
+    assert doctest.testmod(evomm.metrics).failed == 0
+    assert ja_rouge_l("赤 い ボール", "赤いボール") == 1.0
+    assert mgsm_ja_correct("答えは 1,234 円です", 1234, reader="strict")
+    assert mgsm_ja_number("答えは 1,234 円です", reader="paper") == 234
