@@ -235,3 +235,18 @@ def test_vqa_task_scores_items_with_the_public_metric(tmp_path):
     assert metrics["fitness"] == metrics["rouge_l"] == pytest.approx(sum(per_item) / 4)
     with pytest.raises(ConfigError, match="not a file"):
         VQAScoring(lang_id_model=str(tmp_path / "missing.ftz")).scorer()
+
+
+def test_low_level_predict_fallback(monkeypatch):
+    """Under NumPy 2 the official fasttext package's predict() raises; the low-level call is used."""
+    lang = LanguageId()
+    expected = lang.probabilities("赤いボールです")
+
+    class Broken:
+        f = lang._model.f
+
+        def predict(self, *args, **kwargs):
+            raise ValueError("Unable to avoid copy while creating an array as requested.")
+
+    monkeypatch.setattr(lang, "_model", Broken())
+    assert lang.probabilities("赤いボールです") == pytest.approx(expected)

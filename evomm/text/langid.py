@@ -5,7 +5,7 @@ The paper's evaluation (SakanaAI/evolutionary-model-merge, ``evomerge/eval``) as
 not replaced by spaces: fastText reads one line) and looks at ``P(__label__ja)``. Two rules use it:
 
 * ROUGE-L tasks (JA-VG-VQA-500, JA-VLM-Bench): a prediction scores 0 when the reference has
-  P(ja) >= 0.5 and the prediction has P(ja) < 0.5 (``VQA_THRESHOLD``; an English reference never
+  P(ja) >= 0.5 and the prediction has P(ja) < 0.5 (an English reference never
   zeroes anything);
 * MGSM-JA: a right answer counts only when the response has P(ja) > 0.5, strictly
   (``mgsm_japanese``).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from evomm.errors import ConfigError
 
-VQA_THRESHOLD = 0.5  # P(ja) >= this: Japanese for the ROUGE-L rule; MGSM needs P(ja) > this
+JA_THRESHOLD = 0.5  # ROUGE-L rule: P(ja) >= this is Japanese; MGSM rule: P(ja) > this
 JA_LABEL = "ja"
 
 
@@ -80,11 +80,11 @@ class LanguageId:
 
     def vqa_japanese(self, text: str) -> bool:
         """Japanese for the ROUGE-L rule: P(ja) >= 0.5."""
-        return self.ja_probability(text) >= VQA_THRESHOLD
+        return self.ja_probability(text) >= JA_THRESHOLD
 
     def mgsm_japanese(self, text: str) -> bool:
         """Japanese for the MGSM-JA rule: P(ja) > 0.5."""
-        return self.ja_probability(text) > VQA_THRESHOLD
+        return self.ja_probability(text) > JA_THRESHOLD
 
 
 @functools.lru_cache(maxsize=None)
