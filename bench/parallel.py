@@ -4,7 +4,7 @@ Each run is ``python -m torch.distributed.run --nproc_per_node N bench/parallel.
 every process loads the smoke_llm experiment's adapter and task (tiny Llamas, toy_arith with
 ``--samples`` items per candidate, so that a candidate costs more than passing it around);
 rank 0 runs CMA-ES and spreads each population over the ranks
-(``evomm.evolution.distributed``). One warm-up generation, then the timed ones. Each process
+(``evomm.search.distributed``). One warm-up generation, then the timed ones. Each process
 uses one torch thread, so N processes use N cores; a 1-process run with 2 threads is reported
 for comparison.
 
@@ -30,12 +30,12 @@ def worker(args) -> None:
     from omegaconf import OmegaConf
 
     from evomm.cli import quiet_libraries
-    from evomm.evolution import distributed
-    from evomm.evolution.checkpoint import SearchState
-    from evomm.evolution.loop import Problem, search
-    from evomm.evolution.optimizers import build_optimizer
+    from evomm.search import distributed
+    from evomm.search.checkpoint import SearchState
+    from evomm.search.loop import Problem, search
+    from evomm.search.optimizers import build_optimizer
     from evomm.runner import build_search
-    from tasks import build_task
+    from evomm.tasks import build_task
 
     torch.set_num_threads(args.threads or 1)
     quiet_libraries()

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from evomm.adapters.base import apply_recipe, show_source
+from evomm.adapters.apply import apply_recipe, show_source
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import Entry, Recipe, per_source_params
+from evomm.recipe.recipe import Entry, Recipe, per_source_params
 from evomm.tracking.history import json_safe
 
 

@@ -18,19 +18,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from evomm.adapters import adapter_for_recipe, build_adapter
-from evomm.adapters.base import apply_recipe
+from evomm.adapters.apply import apply_recipe
 from evomm.adapters.routed import RoutedAdapter
 from evomm.cli import quiet_libraries
 from evomm.config_checks import validate_config
 from evomm.errors import ConfigError
 from evomm.evaluation import baseline_recipe, final_evaluation, results_markdown, write_results
-from evomm.evolution import checkpoint, distributed
-from evomm.evolution.checkpoint import SearchState
-from evomm.evolution.loop import Problem, search
-from evomm.evolution.optimizers import build_optimizer
-from evomm.merging.recipe import Entry, Recipe
-from evomm.merging.route_space import RouteSpace, route_of
-from evomm.merging.space import SearchSpace, build_units
+from evomm.search import checkpoint, distributed
+from evomm.search.checkpoint import SearchState
+from evomm.search.loop import Problem, search
+from evomm.search.optimizers import build_optimizer
+from evomm.recipe.recipe import Entry, Recipe
+from evomm.recipe.route import route_of
+from evomm.search.route_space import RouteSpace
+from evomm.search.space import SearchSpace, build_units
 from evomm.tracking.route_plot import plot_route
 from evomm.tracking.history import HistoryWriter, json_safe
 from evomm.tracking.model_card import write_model_card
@@ -38,8 +39,8 @@ from evomm.tracking.report import BEST_FILE
 from evomm.tracking.plots import plot_fitness, plot_recipe_heatmap
 from evomm.tracking.progress import Progress
 from evomm.tracking.wandb_logger import NullLogger, WandbLogger
-from tasks import build_task, validate_for_evaluation
-from tasks.base import Resampling
+from evomm.tasks import build_task, validate_for_evaluation
+from evomm.tasks.base import Resampling
 
 
 ROUTING_METHODS = ("dfs", "ps_dfs")

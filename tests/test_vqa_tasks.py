@@ -17,7 +17,7 @@ from evomm.errors import ConfigError
 from evomm.text.rouge_ja import normalize
 from evomm.toy import tiny_vlm
 from evomm.toy.tiny_vqa import COLOUR_QUESTION, COLOURS, SHAPE_QUESTION, SHAPES, write_tiny_vqa
-from tasks import build_task
+from evomm.tasks import build_task
 
 FAST = dict(max_new_tokens=6, num_beams=1, repetition_penalty=1.0)  # cheap generation for tests
 

@@ -79,6 +79,7 @@ def check_llm_configs(refs: list[str]) -> list:
 
 class LLMAdapter:
     name = "llm"
+    modality = "llm"  # the handle it gives tasks (evomm.adapters.base.LLMHandle)
 
     def __init__(
         self,

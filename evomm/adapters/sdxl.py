@@ -118,6 +118,7 @@ class SDXLAdapter:
     """Merge SDXL UNets (and optionally text encoders); see the module docstring."""
 
     name = "sdxl"
+    modality = "sdxl"  # SDXLHandle
 
     def __init__(
         self,

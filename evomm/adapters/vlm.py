@@ -120,6 +120,7 @@ class VLMAdapter:
     """Merges the language model (and optionally projector / vision tower) of a LLaVA-style VLM."""
 
     name = "vlm"
+    modality = "vlm"  # VLMHandle
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
 
 # Licences of the paper's source models as their hub model cards give them. A table, not a
 # lookup: a card can change, and a local README.md or config always wins over this.
@@ -112,14 +112,9 @@ def task_splits(task_name: str | None) -> tuple[str | None, str | None]:
     if not task_name:
         return None, None
     try:
-        import importlib
+        from evomm import plugins
 
-        import tasks
-
-        module = tasks._MODULES.get(task_name)
-        if module is not None:
-            importlib.import_module(module)
-        cls = tasks.TASKS.get(task_name)
+        cls = plugins.load_class("task", task_name)
         return getattr(cls, "fitness_split", None), getattr(cls, "heldout_split", None)
     except Exception:  # noqa: BLE001 - an unknown task still gets a card
         return None, None

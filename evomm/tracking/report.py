@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from evomm.errors import ConfigError
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
 
 HISTORY, RECIPE, RESULTS, BEST_FILE = "history.jsonl", "best_recipe.yaml", "results.json", "best.json"
 
@@ -252,7 +252,7 @@ def write_plots(run: RunRecord) -> list[Path]:
     if heatmap is not None:
         written.append(heatmap)
     if run.recipe.route is not None:
-        from evomm.merging.route_space import route_of
+        from evomm.recipe.route import route_of
         from evomm.tracking.route_plot import plot_route
 
         names = ["A", *run.recipe.route.get("models", [])]
