@@ -33,7 +33,7 @@ def child(base: str, experts: list[str]) -> None:
     import torch
 
     from evomm.adapters.llm import LLMAdapter
-    from evomm.cli import quiet_libraries
+    from evomm.quiet import quiet_libraries
     from evomm.search.checkpoint import SearchState
     from evomm.search.loop import Problem, search
     from evomm.search.optimizers import build_optimizer

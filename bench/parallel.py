@@ -29,13 +29,13 @@ def worker(args) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from evomm.cli import quiet_libraries
+    from evomm.quiet import quiet_libraries
     from evomm.search import distributed
     from evomm.search.checkpoint import SearchState
     from evomm.search.loop import Problem, search
     from evomm.search.optimizers import build_optimizer
-    from evomm.runner import build_search
-    from evomm.tasks import build_task
+    from evomm.search.build import build_search
+    from evomm.tasks import build_task_from
 
     torch.set_num_threads(args.threads or 1)
     quiet_libraries()
@@ -43,7 +43,7 @@ def worker(args) -> None:
     c = OmegaConf.to_container(
         compose(["experiment=smoke_llm", "logger=none", f"task.fitness_samples={args.samples}"]), resolve=True
     )
-    task = build_task(c["task"]["name"], **{k: v for k, v in c["task"].items() if k != "name"})
+    task = build_task_from(c["task"])
     adapter, space = build_search(c)
     problem = Problem(space=space, adapter=adapter, task=task, split=task.fitness_split)
     if not ranks.is_main:

@@ -16,24 +16,7 @@ import sys
 from pathlib import Path
 
 from evomm.errors import ConfigError, EvommError
-
-
-def quiet_libraries() -> None:
-    """Hide per-file progress bars of transformers / diffusers; evomm prints its own progress."""
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    except ImportError:
-        pass
-    try:
-        import diffusers
-
-        diffusers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.set_verbosity_error()
-    except ImportError:
-        pass
+from evomm.quiet import quiet_libraries
 
 
 def read_recipe(path: Path):

@@ -21,7 +21,7 @@ from evomm.adapters.apply import show_source
 from evomm.data.vqa import load_vqa
 from evomm.errors import ConfigError
 from evomm.toy import vlm_world as world
-from evomm.toy.train_vlm import (
+from toytrain.vlm import (
     ALPHABET,
     IMAGE_TOKEN,
     SPECIAL_TOKENS,

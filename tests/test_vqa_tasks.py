@@ -167,7 +167,7 @@ def test_dataset_reference_errors(data, tmp_path):
         load_vqa(str(data), "validation", "ja_vg_vqa")
     with pytest.raises(ConfigError, match="line 1: missing field 'question'"):
         load_vqa(str(data), "test", "ja_vlm_bench")  # a VG folder read as the bench layout
-    with pytest.raises(ConfigError, match="known: builtin:tiny-vqa"):
+    with pytest.raises(ConfigError, match="known: builtin:tiny-vlm-bench, builtin:tiny-vqa"):
         resolve_dataset("builtin:nothing")
 
 

@@ -125,6 +125,18 @@ class Recipe:
         return copy.deepcopy(self)
 
 
+def baseline_recipe(template: Recipe, method: str, params: dict[str, Any]) -> Recipe:
+    """A hand-set merge: the same value for every source and every tensor."""
+    n = len(template.models)
+    recipe = template.copy()
+    recipe.method = method
+    recipe.method_params = {}
+    recipe.route = None
+    per_source = per_source_params(method)
+    recipe.entries = [Entry(params={k: ([float(v)] * n if k in per_source else v) for k, v in params.items()})]
+    return recipe
+
+
 def per_source_params(method: str) -> set[str]:
     """Parameters that take one value per source model (``weight``, ``density``, ...)."""
     from evomm.merging.methods import get_method  # methods import nothing from here; keep it lazy

@@ -210,7 +210,7 @@ def _cell(value: Any) -> str:
 
 
 def summary_text(run: RunRecord) -> str:
-    from evomm.evaluation import results_markdown
+    from evomm.tracking.results import results_markdown
 
     h, recipe = run.history, run.recipe
     best = run.best
