@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from _common import build_models, emit, median, parser, quiet, setup, timed
 
 from evomm.cli import merge_to_dir
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 from evomm.merging.streaming import _ShardWriter
 
 TARGET = 1.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
+# The toy-world trainers are scripts, not part of the package; tests that check them import them.
+sys.path.insert(0, str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="session", autouse=True)

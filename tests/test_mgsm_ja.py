@@ -15,9 +15,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.toy.tokenizer import build_tokenizer
-from tasks import build_task
 from evomm.metrics import mgsm_ja_correct
-from tasks.mgsm_ja import MGSMJaTask, truncate_at_stop
+from evomm.tasks import build_task
+from evomm.tasks.mgsm_ja import MGSMJaTask, truncate_at_stop
 
 FITNESS = [
     {"question": "りんごが 3 こ あります。2 こ たべました。のこりは なんこ ですか?", "answer": "1"},

@@ -222,7 +222,7 @@ def test_lang_id_model_option(tmp_path, raw_model):
 def test_vqa_task_scores_items_with_the_public_metric(tmp_path):
     from evomm.data.vqa import VQAItem
     from evomm.metrics import ja_rouge_l
-    from tasks.ja_vg_vqa import VQAScoring
+    from evomm.tasks.ja_vg_vqa import VQAScoring
 
     scoring = VQAScoring(lang_id_model=None)
     pairs = [("赤 い ボール", "赤いボール"), ("ｶﾒﾗ", "カメラ"), ("赤です。", "赤です"), ("red", "赤")]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import evomm
+from evomm.runner import run
 from evomm.cli import main as cli_main
 from evomm.errors import ConfigError, UnknownNameError
 from evomm.tracking.history import read_history
@@ -18,7 +18,7 @@ from conftest import REPO, compose
 
 
 def smoke(run_dir, *overrides):
-    return evomm.run(compose(["experiment=smoke_llm", f"run_dir={run_dir}", *overrides]))
+    return run(compose(["experiment=smoke_llm", f"run_dir={run_dir}", *overrides]))
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,9 @@ def test_resume_refuses_a_different_config(tmp_path):
     "override, error, message",
     [
         ("merge.method=frobnicate", UnknownNameError, "known merge methods: .*dare_ties"),
-        ("adapter.name=audio", UnknownNameError, "known adapters: llm, sdxl, vlm"),
-        ("task.name=chess", UnknownNameError, "known tasks: .*toy_arith"),
-        ("optimizer.name=adam", UnknownNameError, "known optimizers: cmaes, random"),
+        ("adapter.name=audio", UnknownNameError, "built-in adapters: llm, sdxl, vlm"),
+        ("task.name=chess", UnknownNameError, "built-in tasks: .*toy_arith"),
+        ("optimizer.name=adam", UnknownNameError, "built-in optimizers: cmaes, random"),
         ("optimizer.popsize=1", ConfigError, "optimizer.popsize must be >= 2"),
         ("optimizer.generations=-1", ConfigError, "optimizer.generations must be >= 0"),
         ("merge.bounds.density=[0.0,1.0]", ConfigError, "density must lie in"),
@@ -134,7 +134,7 @@ def test_train_py_runs_as_a_script(tmp_path):
 
 
 def test_resample_fitness_redraws_the_sample_every_generation(tmp_path, monkeypatch):
-    from tasks.toy_arith import ToyArithTask
+    from evomm.tasks.toy_arith import ToyArithTask
 
     drawn = []
     real = ToyArithTask.resample

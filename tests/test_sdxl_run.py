@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import evomm
+from evomm.runner import run
 from evomm.adapters.sdxl import single_file_path
 from evomm.cli import main as cli_main
 
@@ -16,7 +16,7 @@ from conftest import compose
 @pytest.fixture(scope="module")
 def sdxl_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke_sdxl") / "run"
-    return evomm.run(compose(["experiment=smoke_sdxl", f"run_dir={run_dir}"]))
+    return run(compose(["experiment=smoke_sdxl", f"run_dir={run_dir}"]))
 
 
 def test_smoke_sdxl_leaves_pipeline_single_file_grid_and_table(sdxl_run):
