@@ -3,8 +3,9 @@
 42 images and 50 free-form Japanese questions about Japanese scenes (test split only). Scored
 exactly like ``ja_vg_vqa`` (the paper's rules, ``evomm.text.rouge_ja``): ROUGE-L over MeCab words
 of the neologdn-normalised, emoji-free texts, 0 for an answer fastText lid.176 does not find
-Japanese when it finds the reference Japanese. The benchmark has no training split, so it reports on a model and must never be the
-search's fitness: ``validate()`` refuses that unless ``allow_heldout_fitness`` is set.
+Japanese when it finds the reference Japanese. The benchmark has no training split, so it reports
+on a model and must never be the search's fitness: ``validate()`` refuses that unless
+``allow_heldout_fitness`` is set.
 """
 
 from __future__ import annotations

@@ -16,12 +16,6 @@ from evomm.tracking.history import read_history
 from conftest import compose
 
 
-@pytest.fixture(scope="module")
-def dfs_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("dfs") / "run"
-    return run(compose(["experiment=smoke_llm", "merge=dfs", f"run_dir={run_dir}", "final_eval.baselines=null"]))
-
-
 def test_dfs_run_leaves_route_plot_and_table(dfs_run):
     run_dir = dfs_run["run_dir"]
     assert (run_dir / "route.png").stat().st_size > 0

@@ -14,12 +14,6 @@ from evomm.recipe.recipe import Recipe
 from conftest import compose
 
 
-@pytest.fixture(scope="module")
-def vlm_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke_vlm") / "run"
-    return run(compose(["experiment=smoke_vlm", f"run_dir={run_dir}"]))
-
-
 def test_smoke_vlm_leaves_the_run_directory(vlm_run):
     run_dir = vlm_run["run_dir"]
     for name in ["best_recipe.yaml", "history.jsonl", "checkpoint.pkl", "fitness.png", "results.json", "results.md"]:

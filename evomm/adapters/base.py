@@ -28,6 +28,7 @@ class Adapter(Protocol):
     """What the loop, the engine and the final evaluation need from a modality."""
 
     name: str
+    modality: str  # the handle it gives tasks: "llm", "vlm" or "sdxl" (tasks declare the one they score)
     source_names: list[str]  # model references, in recipe order
     base_name: str | None
 
@@ -45,6 +46,9 @@ class Adapter(Protocol):
 
     def save_merged(self, out_dir: Path) -> None:
         """Write the resident target in the modality's standard format."""
+
+    def notes(self) -> dict:
+        """Facts about this merge that the recipe records (e.g. vocabulary rows kept from a VLM)."""
 
 
 # What tasks receive. A task declares its modality and reads only these fields.
