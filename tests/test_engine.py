@@ -22,7 +22,7 @@ from evomm.merging import engine, kernels, ties_thresholds
 from evomm.merging.engine import materialize, tensor_seed
 from evomm.merging.workspace import Workspace
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 
 CHUNKS = [None, 0, 16]  # default (one chunk for tiny tensors), whole tensors, many chunks
 DTYPES = [torch.float32, torch.bfloat16]
@@ -421,7 +421,7 @@ sys.modules["numba"] = None  # as if it were not installed: importing it raises 
 import torch
 from evomm.merging import backend
 from evomm.merging.engine import materialize
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 from evomm.merging.slots import TensorSlot
 
 assert not backend.fast_kernels()

@@ -399,7 +399,7 @@ def test_in_place_engine_on_bf16_checkpoints_equals_mergekit(bf16_checkpoints, c
     second merge takes the cached magnitude index and tie orders)."""
     from evomm.adapters.llm import LLMAdapter
     from evomm.merging.engine import materialize
-    from evomm.merging.mergekit_config import recipe_from_mergekit
+    from evomm.interop.mergekit_config import recipe_from_mergekit
 
     monkeypatch.setenv("EVOMM_KERNELS", kernels)
     _, paths, _ = bf16_checkpoints

@@ -287,7 +287,7 @@ def test_tie_order_is_checked():
 def test_a_della_recipe_with_its_own_epsilon_passes_the_recipe_check():
     """mergekit's della example: density 0.1 with epsilon 0.05 is valid; each value was
     checked alone and the density was paired with the default epsilon 0.15."""
-    from evomm.merging.recipe import Entry, Recipe, check_recipe
+    from evomm.recipe.recipe import Entry, Recipe, check_recipe
 
     params = {"weight": [1.0, [0, 0.3, 0.7, 1]], "density": [[1, 0.7, 0.1], 0.5], "epsilon": [0.05, 0.05]}
     check_recipe(Recipe(adapter="llm", method="della", models=["a", "b"], base="c", entries=[Entry(params=params)]))

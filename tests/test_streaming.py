@@ -17,7 +17,7 @@ from evomm.cli import main as cli_main
 from evomm.errors import ConfigError
 from evomm.merging import streaming
 from evomm.merging.engine import materialize
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 from evomm.merging.streaming import parse_size, stream_merge, why_not_streamed
 
 PARAMS = {
@@ -119,7 +119,7 @@ def test_della_with_a_configs_epsilon_and_layer_densities(builtin_refs, tmp_path
     path = tmp_path / "della.yaml"
     path.write_text(yaml.safe_dump(config))
     assert cli_main(["merge", str(path), str(tmp_path / "out"), "--device", "cpu"]) == 0
-    from evomm.merging.mergekit_config import recipe_from_mergekit
+    from evomm.interop.mergekit_config import recipe_from_mergekit
 
     in_memory(recipe_from_mergekit(config), tmp_path / "memory")
     assert_same_weights(tmp_path / "out", tmp_path / "memory")

@@ -28,6 +28,7 @@ class Adapter(Protocol):
     """What the loop, the engine and the final evaluation need from a modality."""
 
     name: str
+    modality: str  # the handle it gives tasks: "llm", "vlm" or "sdxl" (tasks declare the one they score)
     source_names: list[str]  # model references, in recipe order
     base_name: str | None
 
@@ -46,31 +47,8 @@ class Adapter(Protocol):
     def save_merged(self, out_dir: Path) -> None:
         """Write the resident target in the modality's standard format."""
 
-
-def apply_recipe(adapter: Any, recipe: Any) -> None:
-    """Make the adapter's resident model the recipe's model.
-
-    Parameter-space recipes are written into the slots by the engine; adapters that do more
-    (routing) define ``apply(recipe)`` themselves.
-    """
-    apply = getattr(adapter, "apply", None)
-    if apply is not None:
-        apply(recipe)
-        return
-    from evomm.merging.engine import materialize  # the engine imports this module
-
-    materialize(adapter.slots(), recipe)
-
-
-def show_source(adapter: Any, index: int | None) -> None:
-    """Make the resident model source ``index`` (None: the base), for the comparison table."""
-    show = getattr(adapter, "show_source", None)
-    if show is not None:
-        show(index)
-        return
-    from evomm.merging.engine import write_source
-
-    write_source(adapter.slots(), index)
+    def notes(self) -> dict:
+        """Facts about this merge that the recipe records (e.g. vocabulary rows kept from a VLM)."""
 
 
 # What tasks receive. A task declares its modality and reads only these fields.

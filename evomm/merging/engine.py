@@ -47,7 +47,7 @@ from evomm.errors import ConfigError, IncompatibleModelsError
 from evomm.merging.backend import fast_kernels
 from evomm.merging.method_spec import CHOICE_PARAMS, MethodSpec
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
 from evomm.merging.slots import TensorSlot
 from evomm.merging.torch_path import torch_slot
 from evomm.merging.workspace import CPU_CHUNK, Workspace

@@ -138,7 +138,7 @@ class MethodSpec:
 
         if self.cross_check is not None:
             # Per-source values are checked against each other only where they were given: a
-            # recipe is checked one value at a time (``evomm.merging.recipe.check_recipe``), and
+            # recipe is checked one value at a time (``evomm.recipe.recipe.check_recipe``), and
             # there a default must not stand in for the value given next to it. Merges pass
             # every parameter, defaults filled in.
             switches = {k: v for k, v in self.global_params.items() if v is not None}

@@ -1,4 +1,13 @@
-"""The unit the merge engine works on: one mergeable tensor of the target and its inputs."""
+"""TensorSlot: the one thing the merge engine knows about a model.
+
+An adapter describes every mergeable tensor of its resident target model as a slot; the engine
+(``evomm.merging.engine``) only sees slots, so one engine serves every modality:
+
+    target tensor  <-  method(base tensor, [source tensors], per-tensor parameters)
+
+A slot's ``target`` is a view into the resident model's parameter, written in place with
+``copy_`` for every candidate; ``sources`` and ``base`` are read-only tensors of the same shape.
+"""
 
 from __future__ import annotations
 

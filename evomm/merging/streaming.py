@@ -37,7 +37,7 @@ from evomm.adapters.loading import compare_shapes, pick_device, resolve_ref, tor
 from evomm.errors import ConfigError
 from evomm.merging.engine import materialize
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
