@@ -20,6 +20,7 @@ _MODULES = {
     "ja_vlm_bench": "tasks.ja_vlm_bench",
     "mgsm_ja": "tasks.mgsm_ja",
     "clip_score": "tasks.clip_score",
+    "lm_eval": "tasks.lm_eval_harness",
 }
 
 
