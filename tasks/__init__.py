@@ -21,6 +21,8 @@ _MODULES = {
     "mgsm_ja": "tasks.mgsm_ja",
     "clip_score": "tasks.clip_score",
     "lm_eval": "tasks.lm_eval_harness",
+    "multi": "tasks.multi",
+    "toy_skill": "tasks.toy_skill",
 }
 
 

@@ -7,6 +7,7 @@ everything needed to resume the search exactly.
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Protocol
 
@@ -126,5 +127,11 @@ class RandomSearch:
         return {}
 
 
+# Optimizers in their own modules, imported on first use (nsga2 imports pymoo).
+_MODULES = {"nsga2": "evomm.evolution.nsga2"}
+
+
 def build_optimizer(name: str, dim: int, seed: int, **options) -> Optimizer:
+    if name in _MODULES and name not in OPTIMIZERS:
+        importlib.import_module(_MODULES[name])
     return OPTIMIZERS.get(name)(dim=dim, seed=seed, **options)
