@@ -24,7 +24,8 @@ PREFIX = "builtin:"
 BUILDERS: Registry[Callable[[Path], None]] = Registry("built-in model")
 
 # Modules that register builders; imported on first use so that importing evomm stays light.
-_BUILDER_MODULES = ["evomm.toy.builtins", "evomm.toy.vlm_builtins", "evomm.toy.tiny_vlm", "evomm.toy.tiny_sdxl"]
+_BUILDER_MODULES = ["evomm.toy.builtins", "evomm.toy.vlm_builtins", "evomm.toy.tiny_vlm", "evomm.toy.tiny_sdxl",
+                    "evomm.toy.lm_eval_tasks"]
 
 
 def evomm_home() -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 from evomm.adapters import adapter_names
 from evomm.adapters.loading import check_ref
 from evomm.errors import ConfigError, UnknownNameError
-from evomm.evolution.optimizers import OPTIMIZERS
+from evomm.evolution.optimizers import optimizer_class
 from evomm.merging.methods import get_method
 from evomm.merging.space import GRANULARITIES
 from tasks import task_names
@@ -44,7 +44,7 @@ def validate_config(c: dict) -> None:
         raise UnknownNameError(f"unknown adapter '{adapter.get('name')}'; known adapters: {', '.join(adapter_names())}")
     if task.get("name") not in task_names():
         raise UnknownNameError(f"unknown task '{task.get('name')}'; known tasks: {', '.join(task_names())}")
-    OPTIMIZERS.get(opt.get("name"))
+    optimizer_class(opt.get("name"))
     if merge.get("method") in ("dfs", "ps_dfs"):
         _validate_routing(c)
     else:
@@ -154,6 +154,9 @@ def _validate_final_eval(c: dict) -> None:
     extra_tasks = (c.get("final_eval") or {}).get("extra_tasks") or {}
     if not isinstance(extra_tasks, dict):
         raise ConfigError("final_eval.extra_tasks must map task names to their options")
+    front_size = (c.get("final_eval") or {}).get("front_size")
+    if front_size is not None:
+        _int(front_size, "final_eval.front_size", 1)
     for name in extra_tasks:
         if name not in task_names():
             raise UnknownNameError(f"unknown task '{name}' in final_eval.extra_tasks; known tasks: {', '.join(task_names())}")

@@ -26,6 +26,8 @@ from evomm.errors import ConfigError
 from evomm.evaluation import baseline_recipe, final_evaluation, results_markdown, write_results
 from evomm.evolution import checkpoint, distributed
 from evomm.evolution.checkpoint import SearchState
+from evomm.evolution.front import is_multi_objective, score_front, write_front
+from evomm.evolution.objectives import objective_names, spread_subset
 from evomm.evolution.loop import Problem, search
 from evomm.evolution.optimizers import build_optimizer
 from evomm.merging.recipe import Entry, Recipe
@@ -35,6 +37,7 @@ from evomm.tracking.route_plot import plot_route
 from evomm.tracking.history import HistoryWriter, json_safe
 from evomm.tracking.model_card import write_model_card
 from evomm.tracking.report import BEST_FILE
+from evomm.tracking.pareto_plot import plot_heldout_front
 from evomm.tracking.plots import plot_fitness, plot_recipe_heatmap
 from evomm.tracking.progress import Progress
 from evomm.tracking.wandb_logger import NullLogger, WandbLogger
@@ -247,6 +250,8 @@ def run(cfg: DictConfig | dict) -> dict:
     opt_options = _options(opt, "name", "generations")
     if isinstance(space, RouteSpace):  # the search starts from model A alone, not from x = 0.5
         opt_options["x0"] = space.x0()
+    if "n_obj" in opt_options and opt_options["n_obj"] is None:  # multi-objective: one per task objective
+        opt_options["n_obj"] = len(objective_names(task))
     optimizer = build_optimizer(opt["name"], dim=space.dim, seed=c["seed"], **opt_options)
     generations = int(opt["generations"])
 
@@ -322,6 +327,9 @@ def run(cfg: DictConfig | dict) -> dict:
     if best.route:
         plot_route(route_of(best), run_dir / "route.png", source_names=["A", *best.route["models"]])
         logger.log_image("route", run_dir / "route.png")
+    front = write_front(run_dir, state.history, task, space) if is_multi_objective(task) else []
+    if front:
+        logger.log_image("pareto", run_dir / "pareto.png")
 
     rows: list[dict] = []
     final = c.get("final_eval") or {}
@@ -346,6 +354,10 @@ def run(cfg: DictConfig | dict) -> dict:
             log=progress.print,
             extra_tasks=extra_tasks,
         )
+        if front:  # the front's best-spread members on the held-out split(s), beside the others
+            rows += score_front(adapter, task, spread_subset(front, final.get("front_size")), space, progress.print)
+            plot_heldout_front(rows, objective_names(task), run_dir / "pareto_heldout.png")
+            logger.log_image("pareto_heldout", run_dir / "pareto_heldout.png")
         extra = {"fitness on the held-out split": task.heldout_split}
         if task.fitness_split == task.heldout_split:
             extra["WARNING"] = "the search evolved on the held-out split (allow_heldout_fitness=true)"
@@ -368,7 +380,8 @@ def run(cfg: DictConfig | dict) -> dict:
     progress.print("")
     progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations")
     written = [n for n in ("best_recipe.yaml", BEST_FILE, "history.jsonl", "fitness.png", "recipe_heatmap.png",
-                           "route.png", "results.md") if (run_dir / n).exists()]
+                           "route.png", "pareto.jsonl", "front/", "pareto.png", "pareto_heldout.png", "results.md")
+               if (run_dir / n).exists()]
     if merged_dir.exists():
         written.append("merged/ (with its model card README.md)")
     progress.print(f"outputs in {run_dir}: {', '.join(written)}")

@@ -119,8 +119,12 @@ class LMEvalTask(Resampling):
         if self._manager is None:
             from lm_eval.tasks import TaskManager
 
+            from evomm.builtin import resolve
+
             logging.getLogger("lm_eval").setLevel(logging.ERROR)
             paths = self.include_path
+            # builtin:<name> folders of task YAMLs are written once, like the built-in models
+            paths = [resolve(p) for p in paths] if isinstance(paths, (list, tuple)) else paths and resolve(paths)
             self._manager = TaskManager(include_path=paths, include_defaults=self.include_defaults)
         return self._manager
 

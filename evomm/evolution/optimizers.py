@@ -131,7 +131,12 @@ class RandomSearch:
 _MODULES = {"nsga2": "evomm.evolution.nsga2"}
 
 
-def build_optimizer(name: str, dim: int, seed: int, **options) -> Optimizer:
+def optimizer_class(name: str) -> type:
+    """The optimizer registered as ``name`` (its module imported on first use)."""
     if name in _MODULES and name not in OPTIMIZERS:
         importlib.import_module(_MODULES[name])
-    return OPTIMIZERS.get(name)(dim=dim, seed=seed, **options)
+    return OPTIMIZERS.get(name)
+
+
+def build_optimizer(name: str, dim: int, seed: int, **options) -> Optimizer:
+    return optimizer_class(name)(dim=dim, seed=seed, **options)

@@ -1,0 +1,64 @@
+"""pareto.png: a multi-objective run's candidates and front (first two objectives), and the
+held-out picture: front members beside the sources and hand-set baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {"front": ("tab:red", "o"), "evolved": ("black", "*"), "source": ("tab:blue", "s"),
+         "baseline": ("tab:green", "^")}
+
+
+def plot_search_front(history: list[dict], front: list[dict], names: list[str], out_path: Path) -> Path:
+    """Every scored candidate (grey) and the front (red, joined) on the fitness split."""
+    a, b = names[0], names[1]
+    fig, ax = plt.subplots(figsize=(5.6, 4.4), dpi=100)
+    pts = [(h["metrics"].get(f"{a}/fitness"), h["metrics"].get(f"{b}/fitness"))
+           for h in history if h.get("fitness") is not None and not h.get("cached")]
+    pts = [p for p in pts if None not in p]
+    if pts:
+        ax.scatter(*zip(*pts), s=10, color="grey", alpha=0.4, label="candidate")
+    if front:
+        fx = sorted((m["objectives"][a], m["objectives"][b]) for m in front)
+        ax.plot(*zip(*fx), color="tab:red", marker="o", markersize=4, linewidth=1, label="front")
+    _finish(ax, fig, a, b, "candidates and front (fitness split)", out_path)
+    return Path(out_path)
+
+
+def plot_heldout_front(rows: list[dict], names: list[str], out_path: Path, title: str = "held-out") -> Path:
+    """Front members, the evolved best, sources and baselines by their held-out objective values.
+
+    ``rows`` are results rows (``kind``, ``name``, ``metrics`` with ``<objective>/fitness``); for
+    several runs (seeds) pass them all, the same kinds share a colour.
+    """
+    a, b = names[0], names[1]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    labelled = set()
+    for row in rows:
+        x, y = row["metrics"].get(f"{a}/fitness"), row["metrics"].get(f"{b}/fitness")
+        if x is None or y is None:
+            continue
+        colour, marker = STYLE.get(row["kind"], ("grey", "."))
+        ax.scatter([x], [y], color=colour, marker=marker, s=60 if row["kind"] != "front" else 25,
+                   label=None if row["kind"] in labelled else row["kind"], alpha=0.8, zorder=3)
+        labelled.add(row["kind"])
+        if row["kind"] in ("source", "baseline"):
+            ax.annotate(row["name"], (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    _finish(ax, fig, a, b, title, out_path)
+    return Path(out_path)
+
+
+def _finish(ax, fig, a: str, b: str, title: str, out_path: Path) -> None:
+    ax.set_xlabel(a)
+    ax.set_ylabel(b)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
