@@ -82,7 +82,7 @@ class TwoObjectives:
 def test_pareto_front_from_history():
     history = [
         _entry(0, 0, [0.9, 0.1]), _entry(0, 1, [0.5, 0.6]), _entry(0, 2, [0.4, 0.4]),  # dominated
-        _entry(1, 0, [0.1, 0.9]), _entry(1, 1, [0.5, 0.6], x=[0.1]),  # a copy of (0, 1)'s recipe
+        _entry(1, 0, [0.1, 0.9]), _entry(1, 1, [0.5, 0.6]),  # the same scores as (0, 1): not kept
         _entry(1, 2, [0.95, 0.95], cached=True),  # cached entries copy others: never members
     ]
     history[5]["fitness"] = 1.0

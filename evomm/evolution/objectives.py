@@ -44,7 +44,9 @@ def non_dominated(points: list[list[float]]) -> list[int]:
 
 
 def pareto_front(history: list[dict], task: Any) -> list[dict]:
-    """The non-dominated candidates of a search, each recipe once (first scores, no copies).
+    """The non-dominated candidates of a search: for each distinct objective vector on the front
+    the first candidate that reached it (accuracies on a few items tie often; the later recipes
+    with the same scores add nothing to choose from), from first scores only (no cached copies).
 
     Returns ``{"generation", "index", "x", "params", "objectives": {name: value}, "fitness"}``
     sorted by the first objective, highest first.
@@ -54,7 +56,7 @@ def pareto_front(history: list[dict], task: Any) -> list[dict]:
     for entry in history:
         if entry.get("fitness") is None or entry.get("cached"):
             continue
-        key = tuple(np.round(entry["x"], 12))
+        key = tuple(objective_vector(task, entry["metrics"]))
         if key in seen:
             continue
         seen.add(key)

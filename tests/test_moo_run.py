@@ -1,0 +1,110 @@
+"""Runs with several objectives: per-objective records, NSGA-II's front, its files and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import evomm
+from evomm.cli import main as cli_main
+from evomm.evolution.objectives import non_dominated
+from evomm.tracking.history import read_history
+from evomm.tracking.report import report
+
+from conftest import REPO, compose
+
+FAST = ["optimizer.popsize=4", "logger=none", "final_eval.baselines=null", "final_eval.extra_tasks={}",
+        "+task.tasks.english_arith.fitness_samples=8", "+task.tasks.japanese_qa.fitness_samples=6",
+        "+task.tasks.english_arith.heldout_samples=12", "+task.tasks.japanese_qa.heldout_samples=6"]
+
+
+@pytest.fixture(scope="module")
+def nsga_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("nsga") / "run"
+    cfg = compose(["experiment=demo_nsga2", *FAST, "optimizer.generations=3", "final_eval.front_size=2",
+                   "save_merged=false", f"run_dir={run_dir}"])
+    return evomm.run(cfg)
+
+
+def _front(run_dir):
+    return [json.loads(line) for line in (run_dir / "pareto.jsonl").read_text().splitlines()]
+
+
+def test_objectives_are_recorded_per_task(nsga_run):
+    history = read_history(nsga_run["run_dir"] / "history.jsonl")
+    assert len(history) == 12
+    for h in history:
+        m = h["metrics"]
+        assert m["fitness"] == pytest.approx((m["english_arith/fitness"] + m["japanese_qa/fitness"]) / 2)
+        assert m["english_arith/n"] == 8 and m["japanese_qa/n"] == 6
+
+
+def test_front_file_recipes_and_heldout_rows(nsga_run, tmp_path):
+    run_dir = nsga_run["run_dir"]
+    front = _front(run_dir)
+    history = {(h["generation"], h["index"]): h for h in read_history(run_dir / "history.jsonl")}
+    vectors = [[m["objectives"]["english_arith"], m["objectives"]["japanese_qa"]] for m in front]
+    assert front and len(non_dominated(vectors)) == len(front) and len(set(map(tuple, vectors))) == len(front)
+    every = [[h["metrics"]["english_arith/fitness"], h["metrics"]["japanese_qa/fitness"]] for h in history.values()]
+    assert all(v in [every[i] for i in non_dominated(every)] for v in vectors)  # the front of all candidates
+    for m in front:
+        h = history[(m["generation"], m["index"])]
+        assert m["objectives"]["english_arith"] == h["metrics"]["english_arith/fitness"]
+        assert (run_dir / m["recipe"]).is_file()
+    for name in ("pareto.png", "pareto_heldout.png", "results.json"):
+        assert (run_dir / name).is_file()
+    rows = json.loads((run_dir / "results.json").read_text())
+    scored = [r for r in rows if r["kind"] == "front"]
+    assert len(scored) == min(2, len(front)) and all("japanese_qa/fitness" in r["metrics"] for r in scored)
+    # any member rebuilds with evomm merge, into the model its recipe describes
+    member = front[-1]
+    out = tmp_path / "member"
+    assert cli_main(["merge", str(run_dir / member["recipe"]), str(out)]) == 0
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights and all(torch.isfinite(t.float()).all() for t in weights.values())
+    text = report([run_dir], plots=False)
+    assert "## Pareto front" in text and member["recipe"] in text
+
+
+def test_nsga2_resume_continues_exactly(tmp_path):
+    """Three generations in one go == two generations, then resumed for the third."""
+    args = ["experiment=demo_nsga2", *FAST, "final_eval.enabled=false", "save_merged=false"]
+    full = evomm.run(compose([*args, "optimizer.generations=3", f"run_dir={tmp_path / 'full'}"]))
+    evomm.run(compose([*args, "optimizer.generations=2", f"run_dir={tmp_path / 'part'}"]))
+    part = evomm.run(compose([*args, "optimizer.generations=3", "resume=true", f"run_dir={tmp_path / 'part'}"]))
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    assert strip(part["state"].history) == strip(full["state"].history)
+    assert (tmp_path / "part" / "pareto.jsonl").read_text() == (tmp_path / "full" / "pareto.jsonl").read_text()
+
+
+def test_nsga2_with_two_processes_gives_the_same_history(tmp_path):
+    common = ["experiment=smoke_nsga2", "final_eval.enabled=false", "save_merged=false"]
+    one = evomm.run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+         *common, f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
+         "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    assert strip(read_history(tmp_path / "rank0" / "history.jsonl")) == strip(one["state"].history)
+    assert (tmp_path / "rank0" / "pareto.jsonl").read_text() == (one["run_dir"] / "pareto.jsonl").read_text()
+
+
+def test_lm_eval_fitness_run(tmp_path):
+    """smoke_lm_eval: an lm-eval task scores every candidate; the results carry its metric."""
+    cfg = compose(["experiment=smoke_lm_eval", "final_eval.baselines=null", "save_merged=false",
+                   f"run_dir={tmp_path}"])
+    out = evomm.run(cfg)
+    history = read_history(tmp_path / "history.jsonl")
+    assert len(history) == 8 and all(h["error"] is None for h in history)
+    assert all(h["metrics"]["n"] == 8 and "exact_match" in h["metrics"] for h in history)
+    assert {r["kind"] for r in out["results"]} == {"evolved", "source"}
