@@ -39,16 +39,18 @@ def plot_heldout_front(rows: list[dict], names: list[str], out_path: Path, title
     a, b = names[0], names[1]
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
     labelled = set()
-    for row in rows:
+    for n, row in enumerate(rows):
         x, y = row["metrics"].get(f"{a}/fitness"), row["metrics"].get(f"{b}/fitness")
         if x is None or y is None:
             continue
         colour, marker = STYLE.get(row["kind"], ("grey", "."))
+        label = row.get("label", row["kind"])
         ax.scatter([x], [y], color=colour, marker=marker, s=60 if row["kind"] != "front" else 25,
-                   label=None if row["kind"] in labelled else row["kind"], alpha=0.8, zorder=3)
-        labelled.add(row["kind"])
-        if row["kind"] in ("source", "baseline"):
-            ax.annotate(row["name"], (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
+                   label=None if label in labelled else label, alpha=0.8, zorder=3)
+        labelled.add(label)
+        if row["kind"] in ("source", "baseline"):  # short names, offsets alternate so neighbours stay legible
+            name = row["name"].split("/")[-1]
+            ax.annotate(name, (x, y), fontsize=7, xytext=(4, -10 if n % 2 else 5), textcoords="offset points")
     _finish(ax, fig, a, b, title, out_path)
     return Path(out_path)
 
