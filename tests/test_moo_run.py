@@ -108,3 +108,13 @@ def test_lm_eval_fitness_run(tmp_path):
     assert len(history) == 8 and all(h["error"] is None for h in history)
     assert all(h["metrics"]["n"] == 8 and "exact_match" in h["metrics"] for h in history)
     assert {r["kind"] for r in out["results"]} == {"evolved", "source"}
+
+
+def test_bad_multi_objective_config_is_refused_before_loading(tmp_path):
+    from evomm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="front_size"):
+        evomm.run(compose(["experiment=smoke_nsga2", "final_eval.front_size=0", f"run_dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match="weight >= 0"):
+        evomm.run(compose(["experiment=smoke_nsga2", "+task.tasks.english_arith.weight=-1", f"run_dir={tmp_path}"]))
+    assert not (tmp_path / "history.jsonl").exists()
