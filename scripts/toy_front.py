@@ -98,16 +98,20 @@ def main() -> None:
     parser.add_argument("--popsize", type=int, default=8)
     parser.add_argument("--out", default=str(REPO / "results" / "toy_nsga2_front"))
     parser.add_argument("--work", default=str(REPO / "outputs" / "toy_front"))
+    parser.add_argument("--reuse", action="store_true", help="keep finished runs in --work (redraw only)")
     args = parser.parse_args()
 
     common = [f"optimizer.generations={args.generations}", f"optimizer.popsize={args.popsize}", "logger=none",
-              "final_eval.extra_tasks={}", "save_merged=false"]
+              "final_eval.extra_tasks=null", "save_merged=false"]
     summaries = []
     for seed in args.seeds:
-        nsga = run(["experiment=demo_nsga2", *common, f"seed={seed}", f"run_dir={args.work}/nsga2/seed{seed}"])
-        cma = run(["experiment=demo", *common, f"seed={seed}", "final_eval.sources=false",
-                   "final_eval.baselines=null", f"run_dir={args.work}/cmaes/seed{seed}"])
-        summaries.append(seed_summary(nsga, cma))
+        nsga_dir, cma_dir = Path(f"{args.work}/nsga2/seed{seed}"), Path(f"{args.work}/cmaes/seed{seed}")
+        if not (args.reuse and (nsga_dir / "results.json").exists()):
+            run(["experiment=demo_nsga2", *common, f"seed={seed}", f"run_dir={nsga_dir}"])
+        if not (args.reuse and (cma_dir / "results.json").exists()):
+            run(["experiment=demo", *common, f"seed={seed}", "final_eval.sources=false",
+                 "final_eval.baselines=null", f"run_dir={cma_dir}"])
+        summaries.append(seed_summary(nsga_dir, cma_dir))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(summaries, out.with_suffix(".png"))

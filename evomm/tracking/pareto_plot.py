@@ -38,8 +38,8 @@ def plot_heldout_front(rows: list[dict], names: list[str], out_path: Path, title
     """
     a, b = names[0], names[1]
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
-    labelled = set()
-    for n, row in enumerate(rows):
+    labelled, named = set(), 0
+    for row in rows:
         x, y = row["metrics"].get(f"{a}/fitness"), row["metrics"].get(f"{b}/fitness")
         if x is None or y is None:
             continue
@@ -50,7 +50,8 @@ def plot_heldout_front(rows: list[dict], names: list[str], out_path: Path, title
         labelled.add(label)
         if row["kind"] in ("source", "baseline"):  # short names, offsets alternate so neighbours stay legible
             name = row["name"].split("/")[-1]
-            ax.annotate(name, (x, y), fontsize=7, xytext=(4, -10 if n % 2 else 5), textcoords="offset points")
+            ax.annotate(name, (x, y), fontsize=7, xytext=(4, (6, -11, -20)[named % 3]), textcoords="offset points")
+            named += 1
     _finish(ax, fig, a, b, title, out_path)
     return Path(out_path)
 
