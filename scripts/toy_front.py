@@ -33,9 +33,9 @@ def compose(overrides: list[str]):
 
 
 def run(overrides: list[str]) -> Path:
-    import evomm
+    from evomm.runner import run as evomm_run
 
-    return Path(evomm.run(compose(overrides))["run_dir"])
+    return Path(evomm_run(compose(overrides))["run_dir"])
 
 
 def point(metrics: dict) -> tuple[float, float]:
@@ -50,7 +50,7 @@ def dominates(a, b) -> bool:
 
 
 def seed_summary(nsga_dir: Path, cma_dir: Path) -> dict:
-    from evomm.evolution.objectives import best_mean
+    from evomm.search.objectives import best_mean
     from evomm.tracking.pareto_report import read_front
 
     rows = json.loads((nsga_dir / "results.json").read_text())

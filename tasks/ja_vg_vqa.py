@@ -30,8 +30,7 @@ from evomm.adapters.base import VLMHandle
 from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
 from evomm.text.rouge_ja import JapaneseRouge
-from tasks import TASKS
-from tasks.base import Resampling
+from evomm.tasks.base import Resampling
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,6 @@ class VQAScoring:
         return {"fitness": metrics["rouge_l"], **metrics}
 
 
-@TASKS.register("ja_vg_vqa")
 class JaVGVQATask(Resampling):
     """JA-VG-VQA-500: fitness on ``train``, held-out ``test``; fitness = mean ROUGE-L (MeCab)."""
 

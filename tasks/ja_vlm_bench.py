@@ -11,8 +11,7 @@ from __future__ import annotations
 from evomm.adapters.base import VLMHandle
 from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
-from tasks import TASKS
-from tasks.ja_vg_vqa import (
+from evomm.tasks.ja_vg_vqa import (
     GenerationSettings,
     VQAScoring,
     check_prompt,
@@ -21,7 +20,6 @@ from tasks.ja_vg_vqa import (
 )
 
 
-@TASKS.register("ja_vlm_bench")
 class JaVLMBenchTask:
     """JA-VLM-Bench-In-the-Wild (test only); fitness = mean ROUGE-L (MeCab)."""
 

@@ -38,8 +38,7 @@ from typing import Any
 
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
-from tasks import TASKS
-from tasks.base import Resampling
+from evomm.tasks.base import Resampling
 
 # Benchmarks that papers report: evolving on them makes their scores no fair held-out measure.
 WELL_KNOWN = ("gsm8k", "mmlu", "arc_", "hellaswag", "truthfulqa", "winogrande", "piqa", "boolq",
@@ -58,7 +57,6 @@ def _positive_or_none(name: str, value: Any) -> None:
         raise ConfigError(f"lm_eval: {name} must be a positive integer or null, got {value!r}")
 
 
-@TASKS.register("lm_eval")
 class LMEvalTask(Resampling):
     name = "lm_eval"
     modality = "llm"
@@ -119,12 +117,12 @@ class LMEvalTask(Resampling):
         if self._manager is None:
             from lm_eval.tasks import TaskManager
 
-            from evomm.builtin import resolve
+            from evomm.builtin import is_builtin, resolve_dataset
 
             logging.getLogger("lm_eval").setLevel(logging.ERROR)
-            paths = self.include_path
-            # builtin:<name> folders of task YAMLs are written once, like the built-in models
-            paths = [resolve(p) for p in paths] if isinstance(paths, (list, tuple)) else paths and resolve(paths)
+            # builtin:<name> folders of task YAMLs are built-in data sets, written once
+            paths = self.include_path if isinstance(self.include_path, (list, tuple)) else [self.include_path]
+            paths = [resolve_dataset(p) if is_builtin(p) else p for p in paths if p]
             self._manager = TaskManager(include_path=paths, include_defaults=self.include_defaults)
         return self._manager
 

@@ -30,8 +30,7 @@ from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.text.japanese import is_japanese
-from tasks import TASKS
-from tasks.base import Resampling
+from evomm.tasks.base import Resampling
 
 DEFAULT_TEMPLATE = (
     "以下は算数の文章題です。日本語で一歩ずつ考えて解き、最後に答えの数値を書いてください。\n\n"
@@ -149,7 +148,6 @@ def load_records(source: str, *, config: str | None, split: str, what: str) -> l
     return records
 
 
-@TASKS.register("mgsm_ja")
 class MGSMJaTask(Resampling):
     """Japanese math word problems; fitness = accuracy (right number and Japanese)."""
 

@@ -11,7 +11,7 @@ Config (``task=multi``)::
     tasks:
       arith: {name: toy_skill, skill: english_arith, weight: 1.0}
       ja:    {name: toy_skill, skill: japanese_qa}
-      mgsm_ja: {}            # name defaults to the objective's key; weight to 1
+      mgsm_ja: {}            # name defaults to the objective's key (or _target_: your class); weight to 1
 
 ``fitness`` and ``heldout`` map to each sub-task's own fitness and held-out splits. Items are
 the sub-tasks' item lists one after the other; ``item_scores`` are rescaled so that their mean
@@ -20,18 +20,16 @@ over all items is the weighted fitness (each item of objective i counts w_i / su
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from typing import Any
 
+from evomm import plugins
 from evomm.errors import ConfigError
-from tasks import TASKS, build_task
-from tasks.base import Resampling
+from evomm.tasks import build_task
+from evomm.tasks.base import Resampling
 
 SPLITS = ("fitness", "heldout")
 
 
-@TASKS.register("multi")
 class MultiTask(Resampling):
     name = "multi"
     fitness_split = "fitness"
@@ -46,8 +44,9 @@ class MultiTask(Resampling):
         self.weights: dict[str, float] = {}
         for objective, options in tasks.items():
             options = dict(options or {})
-            kind = options.pop("name", objective)
+            kind = plugins.reference({"name": objective, **options}, "task")  # name or _target_
             weight = options.pop("weight", 1.0)
+            options = plugins.options(options)
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
                 raise ConfigError(f"multi: objective '{objective}' needs a weight >= 0, got {weight!r}")
             if "/" in objective:
@@ -141,12 +140,7 @@ class MultiTask(Resampling):
 
 def _with_seed(kind: str, options: dict, seed: int) -> dict:
     """The run's seed for a sub-task that takes one and was not given its own."""
-    from tasks import _MODULES
-
-    if kind in _MODULES and kind not in TASKS:
-        importlib.import_module(_MODULES[kind])
-    if kind not in TASKS:
-        return options  # build_task says that the name is unknown
-    if "seed" in inspect.signature(TASKS.get(kind)).parameters and "seed" not in options:
+    named, _ = plugins.accepted_options(plugins.load_class("task", kind))
+    if "seed" in named and "seed" not in options:
         return {**options, "seed": seed}
     return options

@@ -13,13 +13,11 @@ import random
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
-from tasks import TASKS
-from tasks.base import Resampling
-from tasks.toy_arith import normalise
-from tasks.toy_skills import SKILLS, skill_split
+from evomm.tasks.base import Resampling
+from evomm.tasks.toy_arith import normalise
+from evomm.tasks.toy_skills import SKILLS, skill_split
 
 
-@TASKS.register("toy_skill")
 class ToySkillTask(Resampling):
     name = "toy_skill"
     modality = "llm"

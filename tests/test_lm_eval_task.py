@@ -87,7 +87,7 @@ def handle():
 
 
 def _task(task_dir, **options):
-    from tasks import build_task
+    from evomm.tasks import build_task
 
     options.setdefault("include_path", str(task_dir))
     options.setdefault("include_defaults", False)
@@ -197,7 +197,7 @@ def test_config_errors(task_dir):
 
 
 def test_well_known_benchmark_warns(task_dir):
-    from tasks.lm_eval_harness import is_well_known
+    from evomm.tasks.lm_eval_harness import is_well_known
 
     assert is_well_known("gsm8k") and is_well_known("arc_easy") and is_well_known("mmlu_anatomy")
     assert not is_well_known("toy_gen")
@@ -209,6 +209,6 @@ def test_well_known_benchmark_warns(task_dir):
 
 
 def test_lm_eval_is_imported_lazily():
-    code = "import sys, tasks.lm_eval_harness; print('lm_eval' in sys.modules)"
+    code = "import sys, evomm.tasks.lm_eval_harness; print('lm_eval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.toy.tokenizer import build_tokenizer
-from tasks import build_task
-from tasks.mgsm_ja import MGSMJaTask, extract_answer, is_correct, truncate_at_stop
+from evomm.tasks import build_task
+from evomm.tasks.mgsm_ja import MGSMJaTask, extract_answer, is_correct, truncate_at_stop
 
 FITNESS = [
     {"question": "りんごが 3 こ あります。2 こ たべました。のこりは なんこ ですか?", "answer": "1"},

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import evomm
 from evomm.cli import main as cli_main
-from evomm.evolution.objectives import non_dominated
+from evomm.runner import run
+from evomm.search.objectives import non_dominated
 from evomm.tracking.history import read_history
 from evomm.tracking.report import report
 
@@ -29,7 +29,7 @@ def nsga_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("nsga") / "run"
     cfg = compose(["experiment=demo_nsga2", *FAST, "optimizer.generations=3", "final_eval.front_size=2",
                    "save_merged=false", f"run_dir={run_dir}"])
-    return evomm.run(cfg)
+    return run(cfg)
 
 
 def _front(run_dir):
@@ -75,9 +75,9 @@ def test_front_file_recipes_and_heldout_rows(nsga_run, tmp_path):
 def test_nsga2_resume_continues_exactly(tmp_path):
     """Three generations in one go == two generations, then resumed for the third."""
     args = ["experiment=demo_nsga2", *FAST, "final_eval.enabled=false", "save_merged=false"]
-    full = evomm.run(compose([*args, "optimizer.generations=3", f"run_dir={tmp_path / 'full'}"]))
-    evomm.run(compose([*args, "optimizer.generations=2", f"run_dir={tmp_path / 'part'}"]))
-    part = evomm.run(compose([*args, "optimizer.generations=3", "resume=true", f"run_dir={tmp_path / 'part'}"]))
+    full = run(compose([*args, "optimizer.generations=3", f"run_dir={tmp_path / 'full'}"]))
+    run(compose([*args, "optimizer.generations=2", f"run_dir={tmp_path / 'part'}"]))
+    part = run(compose([*args, "optimizer.generations=3", "resume=true", f"run_dir={tmp_path / 'part'}"]))
     strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
     assert strip(part["state"].history) == strip(full["state"].history)
     assert (tmp_path / "part" / "pareto.jsonl").read_text() == (tmp_path / "full" / "pareto.jsonl").read_text()
@@ -85,7 +85,7 @@ def test_nsga2_resume_continues_exactly(tmp_path):
 
 def test_nsga2_with_two_processes_gives_the_same_history(tmp_path):
     common = ["experiment=smoke_nsga2", "final_eval.enabled=false", "save_merged=false"]
-    one = evomm.run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
+    one = run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
@@ -103,7 +103,7 @@ def test_lm_eval_fitness_run(tmp_path):
     """smoke_lm_eval: an lm-eval task scores every candidate; the results carry its metric."""
     cfg = compose(["experiment=smoke_lm_eval", "final_eval.baselines=null", "save_merged=false",
                    f"run_dir={tmp_path}"])
-    out = evomm.run(cfg)
+    out = run(cfg)
     history = read_history(tmp_path / "history.jsonl")
     assert len(history) == 8 and all(h["error"] is None for h in history)
     assert all(h["metrics"]["n"] == 8 and "exact_match" in h["metrics"] for h in history)
@@ -114,7 +114,7 @@ def test_bad_multi_objective_config_is_refused_before_loading(tmp_path):
     from evomm.errors import ConfigError
 
     with pytest.raises(ConfigError, match="front_size"):
-        evomm.run(compose(["experiment=smoke_nsga2", "final_eval.front_size=0", f"run_dir={tmp_path}"]))
+        run(compose(["experiment=smoke_nsga2", "final_eval.front_size=0", f"run_dir={tmp_path}"]))
     with pytest.raises(ConfigError, match="weight >= 0"):
-        evomm.run(compose(["experiment=smoke_nsga2", "+task.tasks.english_arith.weight=-1", f"run_dir={tmp_path}"]))
+        run(compose(["experiment=smoke_nsga2", "+task.tasks.english_arith.weight=-1", f"run_dir={tmp_path}"]))
     assert not (tmp_path / "history.jsonl").exists()

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 
 from evomm.errors import ConfigError
-from evomm.evolution.objectives import (best_mean, non_dominated, pareto_front, spread_subset,
+from evomm.search.objectives import (best_mean, non_dominated, pareto_front, spread_subset,
                                         vector_losses)
-from evomm.evolution.optimizers import build_optimizer
+from evomm import plugins
+
+
+def build_optimizer(name, dim, seed, **options):
+    return plugins.build("optimizer", name, options, dim=dim, seed=seed)
 
 
 def zdt1(x: np.ndarray) -> list[float]:

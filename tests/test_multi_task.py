@@ -6,7 +6,7 @@ import pytest
 
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
-from tasks import build_task
+from evomm.tasks import build_task
 
 TWO_SKILLS = {"arith": {"name": "toy_skill", "skill": "english_arith", "fitness_samples": 8},
               "ja": {"name": "toy_skill", "skill": "japanese_qa", "fitness_samples": 6}}

@@ -1,6 +1,6 @@
 """``builtin:toy-lm-eval-tasks``: lm-evaluation-harness task YAMLs over the toy world, offline.
 
-A folder written once into ``$EVOMM_HOME`` (like the built-in models) holding JSONL data and two
+A data set folder written once into ``$EVOMM_HOME/data`` holding JSONL data and two
 task YAMLs whose data paths point into it, for ``task=lm_eval include_path=builtin:toy-lm-eval-tasks``:
 
 - ``toy_en_arith``: English arithmetic, generated and scored by exact match (``generate_until``);
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evomm.builtin import BUILDERS
+from evomm.builtin import DATASETS
 from evomm.toy import world
 
 GENERATE = """task: toy_en_arith
@@ -74,4 +74,4 @@ def build(out_dir: Path) -> None:
     (out_dir / "toy_ja_qa_choice.yaml").write_text(CHOICE.format(data=final / "ja_qa_choice.jsonl"))
 
 
-BUILDERS.add("toy-lm-eval-tasks", build)
+DATASETS.add("toy-lm-eval-tasks", build)

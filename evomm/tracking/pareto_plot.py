@@ -52,16 +52,16 @@ def plot_heldout_front(rows: list[dict], names: list[str], out_path: Path, title
             name = row["name"].split("/")[-1]
             ax.annotate(name, (x, y), fontsize=7, xytext=(4, (6, -11, -20)[named % 3]), textcoords="offset points")
             named += 1
-    _finish(ax, fig, a, b, title, out_path)
+    _finish(ax, fig, a, b, title, out_path, legend="center left")
     return Path(out_path)
 
 
-def _finish(ax, fig, a: str, b: str, title: str, out_path: Path) -> None:
+def _finish(ax, fig, a: str, b: str, title: str, out_path: Path, legend: str = "lower left") -> None:
     ax.set_xlabel(a)
     ax.set_ylabel(b)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc=legend)
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)

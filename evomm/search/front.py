@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from evomm.adapters.base import apply_recipe
-from evomm.evolution.objectives import objective_names, pareto_front
+from evomm.adapters.apply import apply_recipe
+from evomm.search.objectives import objective_names, pareto_front
 from evomm.tracking.history import json_safe
 from evomm.tracking.pareto_plot import plot_search_front
 from evomm.tracking.pareto_report import PARETO_FILE

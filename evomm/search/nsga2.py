@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from evomm.errors import ConfigError
-from evomm.evolution.optimizers import OPTIMIZERS, default_popsize
+from evomm.search.optimizers import default_popsize
 
 
 def _box_problem(dim: int, n_obj: int):
@@ -21,7 +21,6 @@ def _box_problem(dim: int, n_obj: int):
     return Problem(n_var=dim, n_obj=n_obj, xl=0.0, xu=1.0)
 
 
-@OPTIMIZERS.register("nsga2")
 class NSGA2:
     """pymoo's NSGA-II over [0, 1]^d with ``n_obj`` objectives (SBX crossover, polynomial mutation)."""
 
@@ -37,7 +36,6 @@ class NSGA2:
         x0: float | list[float] | np.ndarray | None = None,
         eta_crossover: float = 15.0,
         eta_mutation: float = 20.0,
-        **_ignored,
     ):
         from pymoo.algorithms.moo.nsga2 import NSGA2 as PymooNSGA2
         from pymoo.operators.crossover.sbx import SBX

@@ -7,7 +7,6 @@ everything needed to resume the search exactly.
 
 from __future__ import annotations
 
-import importlib
 import math
 from typing import Protocol
 
@@ -127,16 +126,5 @@ class RandomSearch:
         return {}
 
 
-# Optimizers in their own modules, imported on first use (nsga2 imports pymoo).
-_MODULES = {"nsga2": "evomm.evolution.nsga2"}
-
-
-def optimizer_class(name: str) -> type:
-    """The optimizer registered as ``name`` (its module imported on first use)."""
-    if name in _MODULES and name not in OPTIMIZERS:
-        importlib.import_module(_MODULES[name])
-    return OPTIMIZERS.get(name)
-
-
 def build_optimizer(name: str, dim: int, seed: int, **options) -> Optimizer:
-    return optimizer_class(name)(dim=dim, seed=seed, **options)
+    return OPTIMIZERS.get(name)(dim=dim, seed=seed, **options)
