@@ -22,7 +22,12 @@ which is the item list ``evaluate(..., items=...)`` indexes. Documents are alway
 their dataset order (lm-eval's ``samples`` selection), and per-item scores come from lm-eval's
 per-sample results.
 
-lm-eval is imported only when the task is built.
+Few-shot examples come from where the task's YAML takes them (its training or validation split);
+a task that draws them from its evaluation split can show held-out documents in fitness prompts:
+use ``num_fewshot: 0`` or two splits for such a task. The few-shot seed is reset before every
+evaluation, so a candidate's score does not depend on how many were scored before it.
+
+lm-eval is imported only when the task is evaluated or validated.
 """
 
 from __future__ import annotations
