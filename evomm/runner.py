@@ -25,6 +25,7 @@ from evomm.run_setup import Start, build_tasks, resolve_run_dir, start_search
 from evomm.search import checkpoint, distributed
 from evomm.search.build import build_search
 from evomm.search.loop import Problem, search
+from evomm.search.objectives import generation_stats
 from evomm.search.route_space import RouteSpace
 from evomm.tracking.history import HistoryWriter
 from evomm.tracking.loggers import build_logger
@@ -94,6 +95,7 @@ def _search(problem: Problem, start: Start, generations: int, run_dir: Path, ran
             "gen/failed": len(entries) - len(scores),
             "best_so_far": state.best["fitness"],
             **{f"optimizer/{k}": v for k, v in optimizer.state().items()},
+            **generation_stats(problem.task, entries),  # several objectives: each one's best
         })
         checkpoint.save(start.checkpoint_path, state, start.fingerprint)
         progress.generation(state, entries, optimizer.state())

@@ -15,6 +15,7 @@ from evomm.cli import main as cli_main
 from evomm.runner import run
 from evomm.search.objectives import non_dominated
 from evomm.tracking.history import read_history
+from evomm.tracking.wandb_logger import NullLogger
 from evomm.tracking.report import report
 
 from conftest import REPO, compose
@@ -24,12 +25,43 @@ FAST = ["optimizer.popsize=4", "logger=none", "final_eval.baselines=null", "fina
         "+task.tasks.english_arith.heldout_samples=12", "+task.tasks.japanese_qa.heldout_samples=6"]
 
 
+class RecordingLogger(NullLogger):
+    """What a run hands W&B, kept in lists."""
+
+    def __init__(self):
+        self.generations, self.candidates, self.images, self.tables = [], [], [], {}
+
+    def log_generation(self, step, metrics):
+        self.generations.append(metrics)
+
+    def log_candidates(self, rows):
+        self.candidates = rows
+
+    def log_image(self, key, path, caption=None):
+        self.images.append(key)
+
+    def log_table(self, key, rows):
+        self.tables[key] = rows
+
+
 @pytest.fixture(scope="module")
 def nsga_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("nsga") / "run"
     cfg = compose(["experiment=demo_nsga2", *FAST, "optimizer.generations=3", "final_eval.front_size=2",
                    "save_merged=false", f"run_dir={run_dir}"])
-    return run(cfg)
+    logger = RecordingLogger()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("evomm.runner.build_logger", lambda c, run_dir: logger)
+        return {**run(cfg), "logger": logger}
+
+
+def test_wandb_gets_each_objective(nsga_run):
+    logger = nsga_run["logger"]
+    assert len(logger.generations) == 3
+    assert all({"gen/best/english_arith", "gen/best/japanese_qa"} <= set(g) for g in logger.generations)
+    assert all("metric/japanese_qa/fitness" in row for row in logger.candidates) and len(logger.candidates) == 12
+    assert {"pareto", "pareto_heldout"} <= set(logger.images)
+    assert any(r["kind"] == "front" and "english_arith/fitness" in r for r in logger.tables["results"])
 
 
 def _front(run_dir):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from evomm.errors import ConfigError
-from evomm.search.objectives import (best_mean, non_dominated, pareto_front, spread_subset,
+from evomm.search.objectives import (best_mean, generation_stats, non_dominated, pareto_front, spread_subset,
                                         vector_losses)
 from evomm import plugins
 
@@ -110,3 +110,9 @@ def test_vector_losses_negate_and_rank_failures_last():
     losses = vector_losses(TwoObjectives(), entries)
     assert losses[0] == [-0.5, -0.2] and losses[2] == [-0.1, -0.8]
     assert losses[1] == pytest.approx([0.9, 0.8])
+
+
+def test_generation_stats_give_each_objectives_best():
+    entries = [_entry(0, 0, [0.5, 0.2], fitness=0.35), _entry(0, 1, None), _entry(0, 2, [0.1, 0.8], fitness=0.45)]
+    assert generation_stats(TwoObjectives(), entries) == {"gen/best/o0": 0.5, "gen/best/o1": 0.8}
+    assert generation_stats(object(), entries) == {}

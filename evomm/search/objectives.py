@@ -32,6 +32,14 @@ def vector_losses(task: Any, entries: list[dict]) -> list[list[float]]:
     return [list(worst) if v is None else [-x for x in v] for v in values]
 
 
+def generation_stats(task: Any, entries: list[dict]) -> dict[str, float]:
+    """Per-objective best of a generation (``gen/best/<objective>``), for tasks with several."""
+    if not getattr(task, "objectives", None):
+        return {}
+    scored = [objective_vector(task, e["metrics"]) for e in entries if e["fitness"] is not None]
+    return {f"gen/best/{name}": max(v[j] for v in scored) for j, name in enumerate(objective_names(task))}
+
+
 def non_dominated(points: list[list[float]]) -> list[int]:
     """Indices of the points no other point dominates (maximisation; equal points all stay)."""
     p = np.asarray(points, dtype=float)
