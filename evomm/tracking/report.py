@@ -238,7 +238,7 @@ def summary_text(run: RunRecord) -> str:
     lines += ["", "## best recipe", recipe_table(recipe), ""]
     front = read_front(run.run_dir)
     if front:  # several objectives: every member's recipe file rebuilds with evomm merge
-        lines += [f"## Pareto front ({len(front)} members; evomm merge <run>/<recipe> OUT rebuilds one)",
+        lines += [f"## Pareto front ({len(front)} member(s); evomm merge <run>/<recipe> OUT rebuilds one)",
                   front_table(front, run.rows), ""]
     if run.rows:
         lines += ["## results (held-out split)", results_markdown(run.rows)]
