@@ -411,3 +411,18 @@ def test_in_place_engine_on_bf16_checkpoints_equals_mergekit(bf16_checkpoints, c
         materialize(adapter.slots(), recipe)
         for slot in adapter.slots():
             assert torch.equal(slot.target, theirs[slot.name]), (case, slot.name)
+
+
+def test_a_mergekit_yaml_keeps_mergekits_ties_and_an_explicit_choice_wins():
+    """recipe_from_mergekit sets tie_order: mergekit for the magnitude trims (ties, breadcrumbs)
+    unless the YAML names one (an exported evomm recipe carries its own), and nothing elsewhere."""
+    from evomm.interop.mergekit_config import recipe_from_mergekit
+
+    def recipe(method, **top):
+        return recipe_from_mergekit({"merge_method": method, "base_model": "b", "parameters": top,
+                                     "models": [{"model": "a", "parameters": {"weight": 1.0}}]})
+
+    assert recipe("ties").method_params["tie_order"] == "mergekit"
+    assert recipe("breadcrumbs").method_params["tie_order"] == "mergekit"
+    assert recipe("ties", tie_order="index").method_params["tie_order"] == "index"
+    assert "tie_order" not in recipe("dare_ties").method_params
