@@ -19,6 +19,7 @@ path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -156,7 +157,39 @@ class _Layout:
     n_layers: int
 
 
-def _layout(config, names_on_disk: set[str]) -> _Layout | str:
+def _layout(refs: list[str], names_on_disk: set[str]) -> _Layout | str:
+    """The tensor layout of the sources' model, or why it cannot be streamed; sizes checked.
+
+    Building it needs transformers' config and model classes (on the meta device), and in
+    transformers 5 importing them costs more than a small merge itself. The result depends only
+    on config.json, the names on disk and the transformers version, so it is kept under
+    $EVOMM_HOME/layouts, and a later ``evomm merge`` of the same architecture reads the
+    config.json files as JSON and skips those imports.
+    """
+    from importlib.metadata import version
+
+    from evomm.adapters.llm import check_llm_configs, check_sizes
+    from evomm.builtin import evomm_home
+
+    raw = [json.loads((Path(r) / "config.json").read_text()) for r in refs]
+    key = hashlib.sha256(json.dumps([raw[0], sorted(names_on_disk), version("transformers")],
+                                    sort_keys=True).encode()).hexdigest()[:32]
+    cached = evomm_home() / "layouts" / f"{key}.json"
+    if cached.is_file():
+        check_sizes(refs, raw)
+        known = json.loads(cached.read_text())
+        return known if isinstance(known, str) else _Layout(known["order"], set(known["merged"]), known["n_layers"])
+    layout = _build_layout(check_llm_configs(refs)[0], names_on_disk)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    doc = layout if isinstance(layout, str) else {"order": layout.order, "merged": sorted(layout.merged),
+                                                    "n_layers": layout.n_layers}
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, cached)  # atomic: a concurrent merge reads the old file or the whole new one
+    return layout
+
+
+def _build_layout(config, names_on_disk: set[str]) -> _Layout | str:
     from transformers import AutoModelForCausalLM
 
     try:
@@ -270,8 +303,6 @@ def stream_merge(
     files = _local_checkpoints(recipe)
     if isinstance(files, str):
         raise NotStreamable(f"this recipe cannot be streamed: {files}")
-    from evomm.adapters.llm import check_llm_configs
-
     max_bytes = parse_size(max_shard_size)
     options = recipe.adapter_options
     dtype = torch_dtype(options.get("dtype", "float32"))
@@ -282,8 +313,7 @@ def stream_merge(
     models = [str(Path(resolve_ref(r)).expanduser()) for r in recipe.models]
     base = str(Path(resolve_ref(recipe.base)).expanduser()) if recipe.base else None
     refs = models + ([base] if base else [])
-    config = check_llm_configs(refs)[0]
-    layout = _layout(config, set(files[0]))
+    layout = _layout(refs, set(files[0]))
     if isinstance(layout, str):
         raise NotStreamable(f"this recipe cannot be streamed: {layout}")
     _check_every_tensor(recipe, layout)
