@@ -28,7 +28,9 @@ from transformers import GenerationConfig
 
 from evomm.adapters.base import VLMHandle
 from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
+from evomm.vlm_generation import VisionCache, greedy_vlm_answers
 from evomm.errors import ConfigError
+from evomm.generation import fast_path_reason
 from evomm.text.rouge_ja import JapaneseRouge
 from tasks import TASKS
 from tasks.base import Resampling
@@ -102,8 +104,14 @@ def generate_answers(
     settings: GenerationSettings,
     system_prompt: str | None,
     prompt: str | None,
+    cache: VisionCache | None = None,
 ) -> list[str]:
-    """The model's answer to every item, in order (new text only, special tokens stripped)."""
+    """The model's answer to every item, in order (new text only, special tokens stripped).
+
+    With a ``cache``, plain greedy settings take the fast path (``evomm.vlm_generation``: the
+    same answers, per-item inputs and image features kept across candidates); otherwise, or
+    when the model's generation settings need it, ``model.generate``.
+    """
     model, processor = handle.model, handle.processor
     tokenizer = processor.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -123,6 +131,8 @@ def generate_answers(
     texts = [render_prompt(processor, it.question, system_prompt, prompt) for it in items]
     # Similar lengths share a batch, which keeps left padding (and its float noise) small.
     order = sorted(range(len(items)), key=lambda i: len(texts[i]))
+    if cache is not None and fast_path_reason(model, config, tokenizer) is None:
+        return _fast_answers(handle, items, texts, order, settings, cache, pad_id, config)
     answers = [""] * len(items)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -152,6 +162,23 @@ def generate_answers(
     finally:
         model.train(was_training)
     return answers
+
+
+def _fast_answers(handle, items, texts, order, settings, cache: VisionCache, pad_id: int, config) -> list[str]:
+    """generate_answers' fast path (evomm.vlm_generation): cached inputs and image features."""
+    model, processor = handle.model, handle.processor
+    inputs = [cache.inputs(processor, it.id, text, it.load_image) for it, text in zip(items, texts)]
+    eos = config.eos_token_id
+    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    was_training = model.training
+    model.eval()
+    try:
+        rows = greedy_vlm_answers(model, order, [it.id for it in items], inputs, cache,
+                                  slots=settings.batch_size, max_new_tokens=settings.max_new_tokens,
+                                  pad_id=pad_id, eos_ids=eos_ids)
+    finally:
+        model.train(was_training)
+    return [text.strip() for text in processor.batch_decode(rows, skip_special_tokens=True)]
 
 
 class VQAScoring:
@@ -204,6 +231,7 @@ class JaVGVQATask(Resampling):
         fitness_num_beams: int | None = None,
         fitness_repetition_penalty: float | None = None,
         lang_id_model: str | None = None,
+        fast_generation: bool = True,
     ):
         if not isinstance(dataset, str) or not dataset:
             raise ConfigError(f"{self.name}: dataset must be a hub id or a local folder, got {dataset!r}")
@@ -227,6 +255,8 @@ class JaVGVQATask(Resampling):
         self.settings = {self.fitness_split: fit, self.heldout_split: held}
         self.scoring = VQAScoring(lang_id_model)
         self._items: dict[str, list[VQAItem]] = {}
+        # Per-item processor outputs and image features, kept across candidates (None: plain generate).
+        self.vision_cache = VisionCache() if fast_generation else None
 
     def items(self, split: str) -> list[VQAItem]:
         """The scored items of ``split`` (first QA per image; a seeded sample when *_samples is set)."""
@@ -256,5 +286,6 @@ class JaVGVQATask(Resampling):
 
     def evaluate(self, handle: VLMHandle, split: str) -> dict[str, float]:
         items = self.items(split)
-        answers = generate_answers(handle, items, self.settings[split], self.system_prompt, self.prompt)
+        answers = generate_answers(handle, items, self.settings[split], self.system_prompt, self.prompt,
+                                   cache=self.vision_cache)
         return self.scoring.score(items, answers)

@@ -1,0 +1,192 @@
+"""Fitness generation: the fast greedy path against plain ``model.generate`` on the same prompts.
+
+Three models, each scored on items/s and new tokens/s by both paths, outputs checked equal:
+
+* ``mistral_shape``: Mistral-7B's architecture (32 layers, vocabulary 32000) at hidden size
+  ``--hidden`` with random weights, on MGSM-style work: prompts of 60-120 tokens and long greedy
+  answers that end at different lengths. A random model has no answer end of its own, so the
+  bench picks EOS ids from a short calibration run (the tokens most rows produce, until ~85% of
+  the calibration rows end before ``--max-new-tokens``); the rest run to the limit, as rambling
+  MGSM answers do.
+* ``toy_llm``: the shipped toy-world LLM (``toy-llm-math``) on the ``toy_skills`` fitness prompts.
+* ``toy_vlm``: the toy LLaVA on the ``toy_vqa_skills`` fitness (English VQA on images and
+  Japanese text Q/A): the per-candidate fitness time with plain generate, with the fast path
+  without its image-feature cache (cleared before every candidate) and with it.
+
+Plus what caching the tokenised prompts saves per candidate. Each line holds the figures of
+both sides and their ratio; ``forwards`` counts the fast path's model calls.
+
+    python bench/generation.py [--small] [--threads 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import Counter
+
+import torch
+
+from _common import emit, median, parser, quiet, setup, timed
+
+from transformers import GenerationConfig
+
+from evomm.generation import generate_ids
+
+
+def _ended(row: list[int], eos: set[int]) -> list[int]:
+    """A row up to and including its first EOS id (plain rows carry padding after it)."""
+    for k, token in enumerate(row):
+        if token in eos:
+            return row[: k + 1]
+    return row
+
+
+def _calibrate_eos(model, prompts, max_new_tokens: int, batch: int) -> list[int]:
+    """EOS ids that end most rows of a no-EOS greedy run at different lengths."""
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+    rows = generate_ids(model, prompts, config, batch_size=batch, fast=True)
+    counts = Counter(t for row in rows for t in set(row))
+    eos: list[int] = []
+    for token, _ in counts.most_common():
+        eos.append(token)
+        ended = sum(any(t in eos for t in row) for row in rows)
+        if ended >= 0.85 * len(rows):
+            break
+    return eos
+
+
+def bench_mistral(args) -> None:
+    from evomm.toy.mistral_shape import random_mistral
+
+    model = random_mistral(args.hidden, layers=4 if args.small else 32)
+    gen = torch.Generator().manual_seed(1)
+    n = 16 if args.small else args.items
+    prompts = [torch.randint(3, 32000, (int(torch.randint(60, 121, (1,), generator=gen)),), generator=gen).tolist()
+               for _ in range(n)]
+    max_new = 32 if args.small else args.max_new_tokens
+    eos = _calibrate_eos(model, prompts[:8], max_new, 8)
+    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, pad_token_id=0, eos_token_id=eos)
+    results, stats = {}, {}
+
+    def run(kind: str) -> None:
+        if kind == "plain":
+            results[kind] = generate_ids(model, prompts, config, batch_size=args.batch, fast=False)
+        else:
+            stats[kind] = {}
+            results[kind] = generate_ids(model, prompts, config, batch_size=args.batch, fast=True,
+                                         refill=kind == "fast", stats=stats[kind])
+
+    times = {kind: median(timed(lambda k=kind: run(k), args.repeats))
+             for kind in ("plain", "fast_no_refill", "fast")}
+    eos_set = set(eos)
+    reference = [_ended(r, eos_set) for r in results["plain"]]
+    lengths = [len(r) for r in reference]
+    for kind in ("fast_no_refill", "fast"):
+        same = [_ended(r, eos_set) for r in results[kind]] == reference
+        emit(bench="generation", model="mistral_shape", path=kind, layers=model.config.num_hidden_layers,
+             hidden=model.config.hidden_size, vocab=model.config.vocab_size, items=n, batch=args.batch,
+             max_new_tokens=max_new, answer_tokens_mean=round(sum(lengths) / n, 1),
+             answer_tokens_min=min(lengths), answer_tokens_max=max(lengths),
+             items_per_s=round(n / times[kind], 3), plain_items_per_s=round(n / times["plain"], 3),
+             new_tokens_per_s=round(sum(lengths) / times[kind], 1),
+             plain_new_tokens_per_s=round(sum(lengths) / times["plain"], 1),
+             ratio=round(times["plain"] / times[kind], 2), forwards=stats[kind]["forwards"],
+             outputs_equal=same)
+
+
+def bench_toy_llm(args) -> None:
+    from evomm.builtin import resolve
+    from evomm.generation import generate_texts
+    from evomm.stops import _ENCODED
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import evomm.toy.builtins  # noqa: F401 - registers builtin:toy-llm-*
+    from tasks.toy_skills import SKILLS, skill_split
+
+    path = resolve("builtin:toy-llm-math")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    prompts = [p for skill in SKILLS for p, _ in skill_split(skill, "fitness")]
+    out = {}
+
+    def run(fast: bool) -> None:
+        out[fast] = generate_texts(model, tok, prompts, max_new_tokens=8, batch_size=64, fast=fast)
+
+    plain = median(timed(lambda: run(False), args.repeats))
+    fast = median(timed(lambda: run(True), args.repeats))
+    new_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in out[True])
+    emit(bench="generation", model="toy_llm", path="fast", items=len(prompts), batch=64, max_new_tokens=8,
+         items_per_s=round(len(prompts) / fast, 1), plain_items_per_s=round(len(prompts) / plain, 1),
+         new_tokens_per_s=round(new_tokens / fast, 1), plain_new_tokens_per_s=round(new_tokens / plain, 1),
+         ratio=round(plain / fast, 2), outputs_equal=out[True] == out[False])
+
+    # Tokenising the prompts: every candidate (no memo) against once per run (the memo).
+    def encode_fresh() -> None:
+        _ENCODED.pop(tok, None)
+        run(True)
+
+    fresh = median(timed(encode_fresh, args.repeats))
+    emit(bench="generation", model="toy_llm", path="prompt_ids_memo", items=len(prompts),
+         seconds_per_candidate=round(fast, 4), without_memo_seconds=round(fresh, 4),
+         ratio=round(fresh / fast, 3))
+
+
+def bench_toy_vlm(args) -> None:
+    import evomm.toy.vlm_builtins  # noqa: F401 - registers builtin:toy-vlm-*
+    from evomm.adapters import build_adapter
+    from evomm.adapters.base import show_source
+    from tasks import build_task
+
+    adapter = build_adapter("vlm", models=["builtin:toy-vlm-llava", "builtin:toy-vlm-ja"],
+                            base="builtin:toy-vlm-base", device="cpu")
+    show_source(adapter, 0)
+    handle = adapter.handle()
+    plain = build_task("toy_vqa_skills", fast_generation=False)
+    fast = build_task("toy_vqa_skills")
+    plain.validate()
+    results = {}
+
+    def run(task, key, clear=False):
+        if clear:
+            task._vqa.vision_cache.clear()
+        results[key] = task.evaluate(handle, "fitness")
+
+    fast.evaluate(handle, "fitness")  # the first candidate fills the caches
+    t_plain = median(timed(lambda: run(plain, "plain"), args.repeats))
+    t_nocache = median(timed(lambda: run(fast, "nocache", True), args.repeats))
+    t_fast = median(timed(lambda: run(fast, "fast"), args.repeats))
+    items = len(fast.vqa_items("fitness")) + len(fast.qa_items("fitness"))
+    same = results["plain"] == results["fast"] == results["nocache"]
+    emit(bench="generation", model="toy_vlm", path="fitness_per_candidate", items=items,
+         seconds=round(t_fast, 4), plain_seconds=round(t_plain, 4), ratio=round(t_plain / t_fast, 2),
+         outputs_equal=same)
+    emit(bench="generation", model="toy_vlm", path="image_feature_cache", items=items,
+         seconds=round(t_fast, 4), without_cache_seconds=round(t_nocache, 4),
+         ratio=round(t_nocache / t_fast, 2), outputs_equal=same)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--hidden", type=int, default=64, help="hidden size of the Mistral-shaped model")
+    p.add_argument("--items", type=int, default=48, help="MGSM-style prompts")
+    p.add_argument("--batch", type=int, default=16, help="rows decoded together (mgsm_ja's batch_size)")
+    p.add_argument("--max-new-tokens", type=int, default=192)
+    p.add_argument("--only", choices=("mistral", "toy_llm", "toy_vlm"), default=None)
+    p.set_defaults(repeats=3)
+    args = p.parse_args()
+    setup(args)
+    quiet()
+    with tempfile.TemporaryDirectory() as home:
+        os.environ.setdefault("EVOMM_HOME", home)
+        for name, fn in (("toy_llm", bench_toy_llm), ("toy_vlm", bench_toy_vlm), ("mistral", bench_mistral)):
+            if args.only in (None, name):
+                start = time.perf_counter()
+                fn(args)
+                if args.small:
+                    print(f"# {name}: {time.perf_counter() - start:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
