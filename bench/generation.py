@@ -24,49 +24,24 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections import Counter
 
 import torch
 
-from _common import emit, median, parser, quiet, setup, timed
+from _common import calibrated_eos, emit, ended, median, mgsm_like_prompts, parser, quiet, setup, timed
 
 from transformers import GenerationConfig
 
 from evomm.generation import generate_ids
 
 
-def _ended(row: list[int], eos: set[int]) -> list[int]:
-    """A row up to and including its first EOS id (plain rows carry padding after it)."""
-    for k, token in enumerate(row):
-        if token in eos:
-            return row[: k + 1]
-    return row
-
-
-def _calibrate_eos(model, prompts, max_new_tokens: int, batch: int) -> list[int]:
-    """EOS ids that end most rows of a no-EOS greedy run at different lengths."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
-    rows = generate_ids(model, prompts, config, batch_size=batch, fast=True)
-    counts = Counter(t for row in rows for t in set(row))
-    eos: list[int] = []
-    for token, _ in counts.most_common():
-        eos.append(token)
-        ended = sum(any(t in eos for t in row) for row in rows)
-        if ended >= 0.85 * len(rows):
-            break
-    return eos
-
-
 def bench_mistral(args) -> None:
     from evomm.toy.mistral_shape import random_mistral
 
     model = random_mistral(args.hidden, layers=4 if args.small else 32)
-    gen = torch.Generator().manual_seed(1)
     n = 16 if args.small else args.items
-    prompts = [torch.randint(3, 32000, (int(torch.randint(60, 121, (1,), generator=gen)),), generator=gen).tolist()
-               for _ in range(n)]
+    prompts = mgsm_like_prompts(n)
     max_new = 32 if args.small else args.max_new_tokens
-    eos = _calibrate_eos(model, prompts[:8], max_new, 8)
+    eos = calibrated_eos(model, prompts[:8], max_new, 8)
     config = GenerationConfig(max_new_tokens=max_new, do_sample=False, pad_token_id=0, eos_token_id=eos)
     results, stats = {}, {}
 
@@ -81,10 +56,10 @@ def bench_mistral(args) -> None:
     times = {kind: median(timed(lambda k=kind: run(k), args.repeats))
              for kind in ("plain", "fast_no_refill", "fast")}
     eos_set = set(eos)
-    reference = [_ended(r, eos_set) for r in results["plain"]]
+    reference = [ended(r, eos_set) for r in results["plain"]]
     lengths = [len(r) for r in reference]
     for kind in ("fast_no_refill", "fast"):
-        same = [_ended(r, eos_set) for r in results[kind]] == reference
+        same = [ended(r, eos_set) for r in results[kind]] == reference
         emit(bench="generation", model="mistral_shape", path=kind, layers=model.config.num_hidden_layers,
              hidden=model.config.hidden_size, vocab=model.config.vocab_size, items=n, batch=args.batch,
              max_new_tokens=max_new, answer_tokens_mean=round(sum(lengths) / n, 1),
