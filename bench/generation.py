@@ -13,7 +13,9 @@ Three models, each scored on items/s and new tokens/s by both paths, outputs che
   Japanese text Q/A): the per-candidate fitness time with plain generate, with the fast path
   without its image-feature cache (cleared before every candidate) and with it.
 
-Plus what caching the tokenised prompts saves per candidate. Each line holds the figures of
+Plus what caching the tokenised prompts saves per candidate, and what keeping the CLIP text
+embeddings of the prompts saves in a CLIP-score fitness (the built-in tiny open_clip model, the
+32 fitness prompts, random 64 x 64 images: the image side is the same in both). Each line holds the figures of
 both sides and their ratio; ``forwards`` counts the fast path's model calls.
 
     python bench/generation.py [--small] [--threads 1] [--repeats 3]
@@ -142,20 +144,48 @@ def bench_toy_vlm(args) -> None:
          ratio=round(t_nocache / t_fast, 2), outputs_equal=same)
 
 
+def bench_clip_text(args) -> None:
+    """CLIP score per candidate: scoring with the prompts' text embeddings kept against re-embedding."""
+    from PIL import Image
+
+    from evomm.builtin import resolve
+    from tasks import build_task
+    from tasks.clip_score import DEFAULT_PROMPTS
+
+    clip = resolve("builtin:tiny-clip")
+    task = build_task("clip_score", model_name="evomm-tiny-clip", pretrained=str(clip), batch_size=8)
+    prompts, _ = task.split("fitness")
+    gen = torch.Generator().manual_seed(0)
+    images = [Image.fromarray((torch.rand(64, 64, 3, generator=gen) * 255).byte().numpy()) for _ in prompts]
+    device = torch.device("cpu")
+    task.score(images, prompts, device)  # loads the model, fills the cache
+    kept = median(timed(lambda: task.score(images, prompts, device), args.repeats))
+
+    def fresh() -> None:
+        task._text_features = {}
+        task.score(images, prompts, device)
+
+    again = median(timed(fresh, args.repeats))
+    emit(bench="generation", model="tiny_clip", path="clip_text_embeddings", prompts=len(prompts),
+         prompts_file=DEFAULT_PROMPTS.name, seconds=round(kept, 4), without_cache_seconds=round(again, 4),
+         ratio=round(again / kept, 2))
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--hidden", type=int, default=64, help="hidden size of the Mistral-shaped model")
     p.add_argument("--items", type=int, default=48, help="MGSM-style prompts")
     p.add_argument("--batch", type=int, default=16, help="rows decoded together (mgsm_ja's batch_size)")
     p.add_argument("--max-new-tokens", type=int, default=192)
-    p.add_argument("--only", choices=("mistral", "toy_llm", "toy_vlm"), default=None)
+    p.add_argument("--only", choices=("mistral", "toy_llm", "toy_vlm", "clip"), default=None)
     p.set_defaults(repeats=3)
     args = p.parse_args()
     setup(args)
     quiet()
     with tempfile.TemporaryDirectory() as home:
         os.environ.setdefault("EVOMM_HOME", home)
-        for name, fn in (("toy_llm", bench_toy_llm), ("toy_vlm", bench_toy_vlm), ("mistral", bench_mistral)):
+        for name, fn in (("toy_llm", bench_toy_llm), ("toy_vlm", bench_toy_vlm), ("clip", bench_clip_text),
+                         ("mistral", bench_mistral)):
             if args.only in (None, name):
                 start = time.perf_counter()
                 fn(args)
