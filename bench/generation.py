@@ -7,7 +7,8 @@ Three models, each scored on items/s and new tokens/s by both paths, outputs che
   answers that end at different lengths. A random model has no answer end of its own, so the
   bench picks EOS ids from a short calibration run (the tokens most rows produce, until ~85% of
   the calibration rows end before ``--max-new-tokens``); the rest run to the limit, as rambling
-  MGSM answers do.
+  MGSM answers do. Both paths run at ``--batch`` and at a larger batch (``--big-batch``): the
+  fast path's finished rows do not hold the batch, so a larger batch pays more for it.
 * ``toy_llm``: the shipped toy-world LLM (``toy-llm-math``) on the ``toy_skills`` fitness prompts.
 * ``toy_vlm``: the toy LLaVA on the ``toy_vqa_skills`` fitness (English VQA on images and
   Japanese text Q/A): the per-candidate fitness time with plain generate, with the fast path
@@ -45,32 +46,37 @@ def bench_mistral(args) -> None:
     max_new = 32 if args.small else args.max_new_tokens
     eos = calibrated_eos(model, prompts[:8], max_new, 8)
     config = GenerationConfig(max_new_tokens=max_new, do_sample=False, pad_token_id=0, eos_token_id=eos)
-    results, stats = {}, {}
+    big = args.big_batch or 3 * args.batch
+    runs = {  # name: (fast, refill, batch)
+        "plain": (False, False, args.batch), "fast_no_refill": (True, False, args.batch),
+        "fast": (True, True, args.batch), "plain_big_batch": (False, False, big),
+        "fast_big_batch": (True, True, big),
+    }
+    results, stats, times = {}, {}, {}
+    for name, (fast, refill, batch) in runs.items():
+        stats[name] = {}
 
-    def run(kind: str) -> None:
-        if kind == "plain":
-            results[kind] = generate_ids(model, prompts, config, batch_size=args.batch, fast=False)
-        else:
-            stats[kind] = {}
-            results[kind] = generate_ids(model, prompts, config, batch_size=args.batch, fast=True,
-                                         refill=kind == "fast", stats=stats[kind])
+        def run(name=name, fast=fast, refill=refill, batch=batch) -> None:
+            results[name] = generate_ids(model, prompts, config, batch_size=batch, fast=fast, refill=refill,
+                                         stats=stats[name])
 
-    times = {kind: median(timed(lambda k=kind: run(k), args.repeats))
-             for kind in ("plain", "fast_no_refill", "fast")}
+        times[name] = median(timed(run, args.repeats))
     eos_set = set(eos)
     reference = [ended(r, eos_set) for r in results["plain"]]
     lengths = [len(r) for r in reference]
-    for kind in ("fast_no_refill", "fast"):
-        same = [ended(r, eos_set) for r in results[kind]] == reference
-        emit(bench="generation", model="mistral_shape", path=kind, layers=model.config.num_hidden_layers,
-             hidden=model.config.hidden_size, vocab=model.config.vocab_size, items=n, batch=args.batch,
+    for name in ("fast_no_refill", "fast", "fast_big_batch"):
+        same_batch = "plain_big_batch" if name == "fast_big_batch" else "plain"
+        emit(bench="generation", model="mistral_shape", path=name, layers=model.config.num_hidden_layers,
+             hidden=model.config.hidden_size, vocab=model.config.vocab_size, items=n, batch=runs[name][2],
              max_new_tokens=max_new, answer_tokens_mean=round(sum(lengths) / n, 1),
              answer_tokens_min=min(lengths), answer_tokens_max=max(lengths),
-             items_per_s=round(n / times[kind], 3), plain_items_per_s=round(n / times["plain"], 3),
-             new_tokens_per_s=round(sum(lengths) / times[kind], 1),
-             plain_new_tokens_per_s=round(sum(lengths) / times["plain"], 1),
-             ratio=round(times["plain"] / times[kind], 2), forwards=stats[kind]["forwards"],
-             outputs_equal=same)
+             items_per_s=round(n / times[name], 3), plain_items_per_s=round(n / times[same_batch], 3),
+             new_tokens_per_s=round(sum(lengths) / times[name], 1),
+             plain_new_tokens_per_s=round(sum(lengths) / times[same_batch], 1),
+             ratio=round(times[same_batch] / times[name], 2),
+             ratio_vs_plain_at_batch=(args.batch, round(times["plain"] / times[name], 2)),
+             forwards=stats[name]["forwards"],
+             outputs_equal=all([ended(r, eos_set) for r in results[k]] == reference for k in (name, same_batch)))
 
 
 def bench_toy_llm(args) -> None:
@@ -177,6 +183,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=48, help="MGSM-style prompts")
     p.add_argument("--batch", type=int, default=16, help="rows decoded together (mgsm_ja's batch_size)")
     p.add_argument("--max-new-tokens", type=int, default=192)
+    p.add_argument("--big-batch", type=int, default=None, help="the larger batch also measured (default 3 x --batch)")
     p.add_argument("--only", choices=("mistral", "toy_llm", "toy_vlm", "clip"), default=None)
     p.set_defaults(repeats=3)
     args = p.parse_args()
