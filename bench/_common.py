@@ -107,9 +107,10 @@ def ended(row: list[int], eos: set[int]) -> list[int]:
     return row
 
 
-def calibrated_eos(model, prompts, max_new_tokens: int, batch: int) -> list[int]:
+def calibrated_eos(model, prompts, max_new_tokens: int, batch: int, share: float = 0.95) -> list[int]:
     """EOS ids for a random model: the tokens most rows of a no-EOS greedy run produce, taken
-    until ~85% of those rows end before ``max_new_tokens`` (at different lengths)."""
+    until ``share`` of those rows end before ``max_new_tokens`` (at different lengths; the rest
+    run to the limit, as a rambling answer does)."""
     from collections import Counter
 
     from transformers import GenerationConfig
@@ -122,7 +123,7 @@ def calibrated_eos(model, prompts, max_new_tokens: int, batch: int) -> list[int]
     eos: list[int] = []
     for token, _ in counts.most_common():
         eos.append(token)
-        if sum(any(t in eos for t in row) for row in rows) >= 0.85 * len(rows):
+        if sum(any(t in eos for t in row) for row in rows) >= share * len(rows):
             break
     return eos
 

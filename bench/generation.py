@@ -5,9 +5,9 @@ Three models, each scored on items/s and new tokens/s by both paths, outputs che
 * ``mistral_shape``: Mistral-7B's architecture (32 layers, vocabulary 32000) at hidden size
   ``--hidden`` with random weights, on MGSM-style work: prompts of 60-120 tokens and long greedy
   answers that end at different lengths. A random model has no answer end of its own, so the
-  bench picks EOS ids from a short calibration run (the tokens most rows produce, until ~85% of
+  bench picks EOS ids from a short calibration run (the tokens most rows produce, until 95% of
   the calibration rows end before ``--max-new-tokens``); the rest run to the limit, as rambling
-  MGSM answers do. Both paths run at ``--batch`` and at a larger batch (``--big-batch``): the
+  MGSM answers do. The answer lengths (mean, min, max) are printed with the figures. Both paths run at ``--batch`` and at a larger batch (``--big-batch``): the
   fast path's finished rows do not hold the batch, so a larger batch pays more for it.
 * ``toy_llm``: the shipped toy-world LLM (``toy-llm-math``) on the ``toy_skills`` fitness prompts.
 * ``toy_vlm``: the toy LLaVA on the ``toy_vqa_skills`` fitness (English VQA on images and
@@ -180,9 +180,9 @@ def bench_clip_text(args) -> None:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--hidden", type=int, default=64, help="hidden size of the Mistral-shaped model")
-    p.add_argument("--items", type=int, default=48, help="MGSM-style prompts")
+    p.add_argument("--items", type=int, default=96, help="MGSM-style prompts")
     p.add_argument("--batch", type=int, default=16, help="rows decoded together (mgsm_ja's batch_size)")
-    p.add_argument("--max-new-tokens", type=int, default=192)
+    p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--big-batch", type=int, default=None, help="the larger batch also measured (default 3 x --batch)")
     p.add_argument("--only", choices=("mistral", "toy_llm", "toy_vlm", "clip"), default=None)
     p.set_defaults(repeats=3)

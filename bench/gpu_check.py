@@ -10,6 +10,8 @@
    plain ``model.generate`` and with the fast path, same batch size; tokens/s of each and how many
    rows came out identical (bf16 kernels may pick other reductions for other batch shapes, so
    rows can part where two logits tie to bf16 precision; the count says how often).
+   ``--static`` adds ``generate`` with a static KV cache (transformers compiles its decode step
+   on a GPU), the GPU-only option this project has not measured yet.
 3. ``pytest``: the tests marked ``gpu`` (``pytest -m gpu``).
 
 Every result is a JSON line. ``--cpu-small`` runs the same code on the CPU with a narrow model,
@@ -87,7 +89,7 @@ def check_materialize(model, device, repeats: int) -> None:
     del slots
 
 
-def check_generation(model, device, items: int, batch: int, max_new_tokens: int) -> None:
+def check_generation(model, device, items: int, batch: int, max_new_tokens: int, static: bool = False) -> None:
     from transformers import GenerationConfig
 
     from evomm.generation import generate_ids
@@ -114,6 +116,30 @@ def check_generation(model, device, items: int, batch: int, max_new_tokens: int)
          plain_items_per_s=round(items / seconds["plain"], 3), fast_items_per_s=round(items / seconds["fast"], 3),
          ratio=round(seconds["plain"] / seconds["fast"], 2), fast_forwards=stats["fast"]["forwards"],
          rows_equal=sum(a == b for a, b in zip(plain, fast)), rows=items, outputs_equal=plain == fast)
+    if static:
+        check_static_generate(model, device, prompts, config, batch, plain, tokens)
+
+
+def check_static_generate(model, device, prompts, config, batch, plain, tokens) -> None:
+    """``generate`` with a static KV cache, which transformers compiles on a GPU (first call: compile)."""
+    import copy
+
+    from evomm.generation import generate_ids
+
+    static = copy.deepcopy(config)
+    static.cache_implementation = "static"
+    rows = {}
+
+    def run() -> None:
+        rows["static"] = generate_ids(model, prompts, static, batch_size=batch, fast=False)
+
+    first = _timed(run, device, 1)[0]
+    again = _timed(run, device, 1)[0]
+    eos_set = set(config.eos_token_id)
+    same = [ended(r, eos_set) for r in rows["static"]]
+    emit(check="generation_static_cache", device=str(device), first_call_seconds=round(first, 1),
+         tokens_per_s=round(tokens / again, 1), rows_equal=sum(a == b for a, b in zip(plain, same)),
+         rows=len(prompts))
 
 
 def check_tests(collect_only: bool, timeout: int) -> None:
@@ -134,6 +160,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--static", action="store_true",
+                   help="also time generate with a static KV cache (compiled by transformers on a GPU; "
+                        "the compile takes minutes, beyond the 5-minute budget)")
     p.add_argument("--skip", nargs="*", default=[], choices=("materialize", "generation", "pytest"))
     args = p.parse_args()
 
@@ -142,6 +171,7 @@ def main() -> None:
     if args.cpu_small:
         device, hidden, layers = torch.device("cpu"), 32, 4
         args.items, args.batch, args.max_new_tokens, args.repeats = 8, 4, 12, 1
+        args.static = True  # no compile on a CPU: cheap, and it keeps that code path checked
         torch.set_num_threads(1)
     elif not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here; run with --cpu-small to check the script on a CPU")
@@ -154,7 +184,7 @@ def main() -> None:
     if "materialize" not in args.skip:
         check_materialize(model, device, args.repeats)
     if "generation" not in args.skip:
-        check_generation(model, device, args.items, args.batch, args.max_new_tokens)
+        check_generation(model, device, args.items, args.batch, args.max_new_tokens, args.static)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

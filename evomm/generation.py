@@ -13,6 +13,8 @@ is tested against.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from typing import Sequence
 
 import torch
@@ -21,6 +23,8 @@ from transformers import GenerationConfig
 from evomm.errors import ConfigError
 from evomm.greedy import greedy_generate, left_pad
 from evomm.stops import StopStrings, cut_at_stop, encode_prompts
+
+_log = logging.getLogger(__name__)
 
 
 def _pad_id(model, tokenizer) -> int:
@@ -60,6 +64,11 @@ def fast_path_reason(model, config: GenerationConfig, tokenizer=None) -> str | N
     generation_config into ``config`` and may add logits processors (min length, bad words,
     repetition penalty ...); we ask it what it would build and refuse anything but none.
     """
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "an encoder-decoder model"
+    forward = inspect.signature(getattr(model, "lm", model).forward).parameters
+    if "cache" not in forward:  # remote code or an older model class: generate knows its inputs
+        return "the model's forward takes no 'cache' argument"
     try:
         merged, _ = model._prepare_generation_config(config)
         if merged.do_sample or merged.num_beams != 1:
@@ -112,8 +121,15 @@ def generate_texts(
     encoded = encode_prompts(tokenizer, prompts)  # list of [len_i] id lists, cached per tokenizer
     use_fast = fast and fast_path_reason(model, config, tokenizer) is None
     stop = StopStrings(tokenizer, stops) if (use_fast and stops) else None
-    new_ids = generate_ids(model, encoded, config, batch_size=batch_size, seed=seed, fast=use_fast,
-                           stop=stop)
+    try:
+        new_ids = generate_ids(model, encoded, config, batch_size=batch_size, seed=seed, fast=use_fast,
+                               stop=stop)
+    except (TypeError, ValueError, NotImplementedError) as err:
+        if not use_fast:
+            raise
+        # A model the fast loop does not know how to drive: plain generate gives the same text.
+        _log.warning("fast generation failed (%s: %s); using model.generate", type(err).__name__, err)
+        new_ids = generate_ids(model, encoded, config, batch_size=batch_size, seed=seed, fast=False)
     texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
     return [cut_at_stop(t, stops) for t in texts]
 

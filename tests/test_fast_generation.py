@@ -196,3 +196,24 @@ def test_fast_path_falls_back_for_what_it_does_not_do(llama, tokenizer):
             generate_texts(llama, tokenizer, PROMPTS, max_new_tokens=6, fast=False)
     finally:
         llama.generation_config.no_repeat_ngram_size = None
+
+
+def test_a_model_the_fast_loop_cannot_drive_falls_back_to_generate(llama, tokenizer, monkeypatch, caplog):
+    import evomm.generation as generation
+
+    expected = generate_texts(llama, tokenizer, PROMPTS, max_new_tokens=5, fast=False)
+
+    def refuse(*args, **kwargs):
+        raise TypeError("forward() got an unexpected keyword argument 'cache'")
+
+    monkeypatch.setattr(generation, "greedy_generate", refuse)
+    with caplog.at_level("WARNING", logger="evomm.generation"):
+        assert generate_texts(llama, tokenizer, PROMPTS, max_new_tokens=5) == expected
+    assert "using model.generate" in caplog.text
+
+    class OldStyle(LlamaForCausalLM):  # a forward without the 'cache' argument
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    old = OldStyle(llama.config)
+    assert "cache" in fast_path_reason(old, generation_config(old, tokenizer, max_new_tokens=2))

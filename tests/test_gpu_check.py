@@ -16,7 +16,8 @@ def test_gpu_check_cpu_small_runs_every_check():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     by_check = {line["check"]: line for line in lines}
-    assert set(by_check) == {"model", "materialize", "generation", "pytest"}
+    assert set(by_check) == {"model", "materialize", "generation", "generation_static_cache", "pytest"}
+    assert by_check["generation_static_cache"]["rows_equal"] == by_check["generation_static_cache"]["rows"]
     assert by_check["materialize"]["seconds"] > 0 and by_check["materialize"]["floor_seconds"] > 0
     generation = by_check["generation"]
     assert generation["outputs_equal"] and generation["rows_equal"] == generation["rows"]
