@@ -86,7 +86,7 @@ def bench_toy_llm(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import evomm.toy.builtins  # noqa: F401 - registers builtin:toy-llm-*
-    from tasks.toy_skills import SKILLS, skill_split
+    from evomm.tasks.toy_skills import SKILLS, skill_split
 
     path = resolve("builtin:toy-llm-math")
     model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -119,8 +119,8 @@ def bench_toy_llm(args) -> None:
 def bench_toy_vlm(args) -> None:
     import evomm.toy.vlm_builtins  # noqa: F401 - registers builtin:toy-vlm-*
     from evomm.adapters import build_adapter
-    from evomm.adapters.base import show_source
-    from tasks import build_task
+    from evomm.adapters.apply import show_source
+    from evomm.tasks import build_task
 
     adapter = build_adapter("vlm", models=["builtin:toy-vlm-llava", "builtin:toy-vlm-ja"],
                             base="builtin:toy-vlm-base", device="cpu")
@@ -155,8 +155,8 @@ def bench_clip_text(args) -> None:
     from PIL import Image
 
     from evomm.builtin import resolve
-    from tasks import build_task
-    from tasks.clip_score import DEFAULT_PROMPTS
+    from evomm.tasks import build_task
+    from evomm.tasks.clip_score import DEFAULT_PROMPTS
 
     clip = resolve("builtin:tiny-clip")
     task = build_task("clip_score", model_name="evomm-tiny-clip", pretrained=str(clip), batch_size=8)

@@ -53,7 +53,7 @@ def _timed(fn, device, repeats: int) -> list[float]:
 def check_materialize(model, device, repeats: int) -> None:
     from evomm.adapters.base import TensorSlot
     from evomm.merging.engine import materialize
-    from evomm.merging.recipe import Entry, Recipe
+    from evomm.recipe.recipe import Entry, Recipe
 
     gen = torch.Generator(device=device).manual_seed(0)
     slots = []

@@ -13,7 +13,9 @@ does not change between candidates is kept in a :class:`VisionCache`:
   in the same batches as ``model.generate`` would compute them, and handed to the model's
   forward as ``mm_encoder_outputs`` (transformers' hook for precomputed encoder outputs).
 
-Decoding is ``evomm.greedy.greedy_batch``: the same token ids as ``model.generate``.
+Greedy decoding runs in ``evomm.greedy``'s loop; other settings (EvoVLM-JP's fitness uses a
+repetition penalty of 1.5) run ``model.generate`` fed the cached features. Both give the answers
+of ``model.generate`` on the processor's batches.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from evomm.greedy import greedy_generate
+from evomm.greedy import greedy_generate, left_pad
 
 
 def vision_parameters(model) -> list[torch.Tensor]:
@@ -110,3 +112,23 @@ def greedy_vlm_answers(model, order: Sequence[int], keys: Sequence[str], inputs:
     return greedy_generate(model, [x["input_ids"] for x in inputs], order, slots=slots,
                            max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
                            prefill_kwargs=encoder_outputs)
+
+
+def cached_generate(model, batches: Sequence[Sequence[int]], keys: Sequence[str], inputs: Sequence[dict[str, Any]],
+                    cache: VisionCache, config, *, seed: int = 0) -> list[list[int]]:
+    """``model.generate`` per batch of item indices, fed the cached image features
+    (``mm_encoder_outputs``) instead of pixel values: for settings the fast loop does not do
+    (beam search, sampling, a repetition penalty). New ids per item, in item order."""
+    device = next(model.parameters()).device
+    out: list[list[int]] = [[] for _ in inputs]
+    with torch.inference_mode(), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        torch.manual_seed(seed)
+        for idx in batches:
+            feats = cache.features(model, [keys[i] for i in idx], [inputs[i] for i in idx])
+            input_ids, mask = left_pad([inputs[i]["input_ids"] for i in idx], config.pad_token_id)
+            encoder = {"image": BaseModelOutputWithPooling(pooler_output=[f.to(device) for f in feats])}
+            generated = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                       mm_encoder_outputs=encoder, generation_config=config)
+            for i, row in zip(idx, generated[:, input_ids.shape[1]:].tolist()):
+                out[i] = row
+    return out

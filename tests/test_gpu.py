@@ -45,8 +45,8 @@ def test_fast_equals_plain_on_cuda(dtype):
 def test_toy_vlm_fast_equals_plain_on_cuda():
     import evomm.toy.vlm_builtins  # noqa: F401 - registers builtin:toy-vlm-*
     from evomm.adapters import build_adapter
-    from evomm.adapters.base import show_source
-    from tasks import build_task
+    from evomm.adapters.apply import show_source
+    from evomm.tasks import build_task
 
     adapter = build_adapter("vlm", models=["builtin:toy-vlm-llava", "builtin:toy-vlm-ja"],
                             base="builtin:toy-vlm-base", device="cuda")
