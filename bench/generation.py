@@ -12,7 +12,9 @@ Three models, each scored on items/s and new tokens/s by both paths, outputs che
 * ``toy_llm``: the shipped toy-world LLM (``toy-llm-math``) on the ``toy_skills`` fitness prompts.
 * ``toy_vlm``: the toy LLaVA on the ``toy_vqa_skills`` fitness (English VQA on images and
   Japanese text Q/A): the per-candidate fitness time with plain generate, with the fast path
-  without its image-feature cache (cleared before every candidate) and with it.
+  without its image-feature cache (cleared before every candidate) and with it; and its English
+  VQA half with EvoVLM-JP's fitness settings (repetition penalty 1.5, so ``generate`` runs, fed
+  the cached image features) against plain ``generate``.
 
 Plus what caching the tokenised prompts saves per candidate, and what keeping the CLIP text
 embeddings of the prompts saves in a CLIP-score fitness (the built-in tiny open_clip model, the
@@ -145,6 +147,25 @@ def bench_toy_vlm(args) -> None:
     emit(bench="generation", model="toy_vlm", path="fitness_per_candidate", items=items,
          seconds=round(t_fast, 4), plain_seconds=round(t_plain, 4), ratio=round(t_plain / t_fast, 2),
          outputs_equal=same)
+    # EvoVLM-JP's fitness settings (repetition penalty 1.5): generate, fed the cached features.
+    from dataclasses import replace
+
+    from evomm.tasks.ja_vg_vqa import generate_answers
+
+    vqa = fast._vqa
+    settings = replace(vqa.settings["train"], repetition_penalty=1.5)
+    vqa_items = fast.vqa_items("fitness")
+    answers = {}
+
+    def penalised(cache) -> None:
+        answers[cache is None] = generate_answers(handle, vqa_items, settings, vqa.system_prompt, vqa.prompt,
+                                                  cache=cache)
+
+    t_cached = median(timed(lambda: penalised(vqa.vision_cache), args.repeats))
+    t_uncached = median(timed(lambda: penalised(None), args.repeats))
+    emit(bench="generation", model="toy_vlm", path="repetition_penalty_cached_features", items=len(vqa_items),
+         seconds=round(t_cached, 4), plain_seconds=round(t_uncached, 4), ratio=round(t_uncached / t_cached, 2),
+         outputs_equal=answers[True] == answers[False])
     emit(bench="generation", model="toy_vlm", path="image_feature_cache", items=items,
          seconds=round(t_fast, 4), without_cache_seconds=round(t_nocache, 4),
          ratio=round(t_nocache / t_fast, 2), outputs_equal=same)
