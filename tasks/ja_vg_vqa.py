@@ -23,6 +23,7 @@ This module also holds the generation and scoring shared with ``ja_vlm_bench``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ from evomm.generation import fast_path_reason
 from evomm.text.rouge_ja import JapaneseRouge, PairScore, japanese_rouge, summarize
 from evomm.tasks.base import Resampling
 from evomm.vlm_generation import VisionCache, cached_generate, greedy_vlm_answers
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,13 @@ def generate_answers(
     # Similar lengths share a batch, which keeps left padding (and its float noise) small.
     order = sorted(range(len(items)), key=lambda i: len(texts[i]))
     if cache is not None:
-        return _cached_answers(handle, items, texts, order, settings, cache, pad_id, config)
+        try:
+            return _cached_answers(handle, items, texts, order, settings, cache, pad_id, config)
+        except (TypeError, ValueError, AttributeError, NotImplementedError) as err:
+            # A VLM whose image features or forward the cached path cannot drive: the plain
+            # path below gives the same answers.
+            _log.warning("cached VLM generation failed (%s: %s); using model.generate with the processor",
+                         type(err).__name__, err)
     answers = [""] * len(items)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype

@@ -126,3 +126,18 @@ def test_repetition_penalty_uses_generate_with_the_cached_features(adapter, task
     assert got == generate_answers(handle, items, settings, vqa.system_prompt, vqa.prompt, cache=None)
     assert generate_answers(handle, items, settings, vqa.system_prompt, vqa.prompt, cache=cache) == got
     assert cache.feature_computations == len(items)  # the second candidate reused them
+
+
+def test_a_vlm_the_cached_path_cannot_drive_falls_back_to_plain(adapter, task, monkeypatch, caplog):
+    import evomm.tasks.ja_vg_vqa as ja_vg_vqa
+
+    handle = adapter.handle()
+    expected = answers(task, handle, None)
+
+    def refuse(*args, **kwargs):
+        raise AttributeError("'SomeVLM' object has no attribute 'get_image_features'")
+
+    monkeypatch.setattr(ja_vg_vqa, "greedy_vlm_answers", refuse)
+    with caplog.at_level("WARNING", logger="evomm.tasks.ja_vg_vqa"):
+        assert answers(task, handle, type(task._vqa.vision_cache)()) == expected
+    assert "using model.generate" in caplog.text
