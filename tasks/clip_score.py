@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from evomm.builtin import resolve
 from evomm.errors import ConfigError
 from tasks import TASKS
-from tasks.base import Resampling
+from tasks.base import Resampling, pick
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "ja_prompts.txt"
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -232,8 +232,12 @@ class ClipScoreTask(Resampling):
             scores.append(clip_scores(model.encode_image(pixels), model.encode_text(tokens)).cpu())
         return torch.cat(scores)
 
-    def evaluate(self, handle, split: str) -> dict[str, float]:
+    def num_items(self, split: str) -> int:
+        return len(self.split(split)[0])
+
+    def evaluate(self, handle, split: str, items: list[int] | None = None) -> dict:
         prompts, seeds = self.split(split)
+        prompts, seeds = pick(prompts, items, self.name), pick(seeds, items, self.name)
         images = self.render(handle, prompts, seeds)
         scores = self.score(images, prompts, self._device(handle))
         mean = float(scores.mean())
@@ -242,6 +246,7 @@ class ClipScoreTask(Resampling):
             "clip_score": mean,
             "clip_score_std": float(scores.std(correction=0)),
             "n": float(len(scores)),
+            "item_scores": [float(v) for v in scores],
         }
 
     def save_images(self, handle, split: str, out_dir: str | Path) -> Path:

@@ -31,7 +31,7 @@ from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
 from evomm.text.rouge_ja import JapaneseRouge
 from tasks import TASKS
-from tasks.base import Resampling
+from tasks.base import Resampling, pick
 
 
 @dataclass(frozen=True)
@@ -167,14 +167,29 @@ class VQAScoring:
             self._scorer = JapaneseRouge(self.lang_id_model)
         return self._scorer
 
-    def score(self, items: list[VQAItem], answers: list[str]) -> dict[str, float]:
-        scorer = self.scorer()
-        metrics = scorer.score_all(answers, [it.answer for it in items])
+    def score(self, items: list[VQAItem], answers: list[str]) -> dict:
+        metrics = self.score_pairs(answers, [it.answer for it in items])
         self.last_records = [
             {"id": it.id, "question": it.question, "answer": it.answer, "prediction": a}
             for it, a in zip(items, answers)
         ]
         return {"fitness": metrics["rouge_l"], **metrics}
+
+    def score_pairs(self, answers: list[str], references: list[str]) -> dict:
+        """The scorer's means over the pairs, plus ``item_scores``: each pair's ROUGE-L."""
+        if len(answers) != len(references):
+            raise ValueError(f"{len(answers)} predictions for {len(references)} references")
+        if not answers:
+            raise ValueError("no predictions to score")
+        pairs = [self.scorer().score(a, r) for a, r in zip(answers, references)]
+        n = len(pairs)
+        return {
+            "rouge_l": sum(p.rouge_l for p in pairs) / n,
+            "exact_match": sum(p.exact_match for p in pairs) / n,
+            "japanese_rate": sum(p.prediction_japanese for p in pairs) / n,
+            "n": float(n),
+            "item_scores": [float(p.rouge_l) for p in pairs],
+        }
 
 
 @TASKS.register("ja_vg_vqa")
@@ -254,7 +269,10 @@ class JaVGVQATask(Resampling):
                 f"'{self.heldout_split}' (e.g. {sorted(shared)[0]}); make the splits disjoint"
             )
 
-    def evaluate(self, handle: VLMHandle, split: str) -> dict[str, float]:
-        items = self.items(split)
+    def num_items(self, split: str) -> int:
+        return len(self.items(split))
+
+    def evaluate(self, handle: VLMHandle, split: str, items: list[int] | None = None) -> dict:
+        items = pick(self.items(split), items, self.name)
         answers = generate_answers(handle, items, self.settings[split], self.system_prompt, self.prompt)
         return self.scoring.score(items, answers)

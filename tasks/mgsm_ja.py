@@ -31,7 +31,7 @@ from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.text.japanese import is_japanese
 from tasks import TASKS
-from tasks.base import Resampling
+from tasks.base import Resampling, pick
 
 DEFAULT_TEMPLATE = (
     "以下は算数の文章題です。日本語で一歩ずつ考えて解き、最後に答えの数値を書いてください。\n\n"
@@ -246,15 +246,19 @@ class MGSMJaTask(Resampling):
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def responses(self, handle: LLMHandle, split: str) -> list[str]:
-        prompts = [self.prompt(r["question"]) for r in self.items(split)]
+    def num_items(self, split: str) -> int:
+        return len(self.items(split))
+
+    def responses(self, handle: LLMHandle, split: str, records: list[dict[str, Any]] | None = None) -> list[str]:
+        records = self.items(split) if records is None else records
+        prompts = [self.prompt(r["question"]) for r in records]
         texts = generate_texts(handle.model, handle.tokenizer, prompts,
                                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                                num_beams=self.num_beams)
         return [truncate_at_stop(t, self.stop_strings) for t in texts]
 
     @staticmethod
-    def score(responses: list[str], records: list[dict[str, Any]]) -> dict[str, float]:
+    def score(responses: list[str], records: list[dict[str, Any]]) -> dict:
         if len(responses) != len(records):
             raise ValueError(f"{len(responses)} responses for {len(records)} records")
         n = len(records)
@@ -268,9 +272,10 @@ class MGSMJaTask(Resampling):
             "answer_accuracy": sum(right_number) / n,  # right number, any language
             "japanese_rate": sum(japanese) / n,
             "n": float(n),
+            "item_scores": [float(a and b) for a, b in zip(right_number, japanese)],
         }
 
-    def evaluate(self, handle: LLMHandle, split: str) -> dict[str, float]:
-        records = self.items(split)
-        self.last_responses = self.responses(handle, split)
+    def evaluate(self, handle: LLMHandle, split: str, items: list[int] | None = None) -> dict:
+        records = pick(self.items(split), items, self.name)
+        self.last_responses = self.responses(handle, split, records)
         return self.score(self.last_responses, records)

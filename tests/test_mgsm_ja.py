@@ -80,7 +80,7 @@ def test_score_counts_accuracy_and_language():
     responses = ["のこりは 1 こ です", "The answer is 7", "ひとり 5 ほん です", "ぜんぶで 1,000 えん"]
     metrics = MGSMJaTask.score(responses, records)
     assert metrics == {"fitness": 0.5, "accuracy": 0.5, "answer_accuracy": 0.75,
-                       "japanese_rate": 0.75, "n": 4.0}
+                       "japanese_rate": 0.75, "n": 4.0, "item_scores": [1.0, 0.0, 0.0, 1.0]}
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_evaluate_a_tiny_model(handle, data):
     task = build_task("mgsm_ja", fitness_dataset=fitness, heldout_dataset=heldout,
                       max_new_tokens=6, batch_size=3, prompt_template="問: {question} 答:")
     first = task.evaluate(handle, "fitness")
-    assert set(first) == {"fitness", "accuracy", "answer_accuracy", "japanese_rate", "n"}
+    assert set(first) == {"fitness", "accuracy", "answer_accuracy", "japanese_rate", "n", "item_scores"}
     assert 0.0 <= first["fitness"] <= 1.0 and first["n"] == 4.0
     assert len(task.last_responses) == 4
     # The metrics are those of the responses the model wrote, and scoring is reproducible.
@@ -213,7 +213,7 @@ def test_evaluate_scores_what_the_model_writes(data, tmp_path):
     assert japanese.last_responses == ["1です"] * 4
     # Only the first fitness question's answer is 1; every response is Japanese.
     assert metrics == {"fitness": 0.25, "accuracy": 0.25, "answer_accuracy": 0.25,
-                       "japanese_rate": 1.0, "n": 4.0}
+                       "japanese_rate": 1.0, "n": 4.0, "item_scores": [1.0, 0.0, 0.0, 0.0]}
     assert japanese.evaluate(handle, "test")["accuracy"] == 0.0  # answers 3 and 12
 
     english = MGSMJaTask(fitness_dataset=fitness, heldout_dataset=heldout, max_new_tokens=8,
