@@ -16,6 +16,7 @@ from evomm.errors import ConfigError, UnknownNameError
 from evomm.evolution.optimizers import OPTIMIZERS
 from evomm.merging.methods import get_method
 from evomm.merging.space import GRANULARITIES
+from evomm.search.scoring import FitnessSettings
 from tasks import task_names
 
 
@@ -53,6 +54,7 @@ def validate_config(c: dict) -> None:
     _validate_final_eval(c)
     if not isinstance(c.get("resample_fitness", False), bool):
         raise ConfigError(f"resample_fitness must be true or false, got {c['resample_fitness']!r}")
+    FitnessSettings.from_config(c.get("fitness"), resample=bool(c.get("resample_fitness")))
 
 
 def _validate_routing(c: dict) -> None:

@@ -31,6 +31,8 @@ from evomm.evolution.optimizers import build_optimizer
 from evomm.merging.recipe import Entry, Recipe
 from evomm.merging.route_space import RouteSpace, route_of
 from evomm.merging.space import SearchSpace, build_units
+from evomm.search.item_pool import item_pool
+from evomm.search.scoring import FitnessSettings, Racing, describe_items, items_scored
 from evomm.tracking.route_plot import plot_route
 from evomm.tracking.history import HistoryWriter, json_safe
 from evomm.tracking.model_card import write_model_card
@@ -69,6 +71,9 @@ def search_fingerprint(c: dict) -> str:
     relevant = {k: c.get(k) for k in keys}
     if c.get("resample_fitness"):  # only when on, so that older checkpoints still resume
         relevant["resample_fitness"] = True
+    fitness = FitnessSettings.from_config(c.get("fitness"), bool(c.get("resample_fitness"))).fingerprint()
+    if fitness is not None:  # likewise: racing and item selection change what a search computes
+        relevant["fitness"] = fitness
     relevant["optimizer"] = {k: v for k, v in (c.get("optimizer") or {}).items() if k not in ("generations", "max_evals")}
     return checkpoint.fingerprint(relevant)
 
@@ -274,10 +279,17 @@ def run(cfg: DictConfig | dict) -> dict:
         f"{generations} generations (models loaded in {load_seconds:.1f}s){'; ' + resumed if resumed else ''}"
     )
     progress.print(f"run directory: {run_dir}")
+    fitness = FitnessSettings.from_config(c.get("fitness"), resample)
+    pool, selection = item_pool(run_dir, adapter, task, fitness, c["seed"], log=progress.print)
+    progress.extra_items = selection["items_scored"] if selection else 0
 
     def on_generation(state: SearchState, entries: list[dict]) -> None:
         scores = torch.tensor([e["fitness"] for e in entries if e["fitness"] is not None], dtype=torch.float64)
+        scored, full = items_scored(state.history)
         stats = {
+            "items/scored": scored + progress.extra_items,
+            "items/full_evaluation": full,
+            "gen/stopped_early": sum(bool(e.get("stopped_early")) for e in entries),
             "gen/best": float(scores.max()),
             "gen/mean": float(scores.mean()),
             "gen/std": float(scores.std(unbiased=False)),
@@ -289,11 +301,13 @@ def run(cfg: DictConfig | dict) -> dict:
         checkpoint.save(ckpt_path, state, fp)
         progress.generation(state, entries, optimizer.state())
 
-    problem = Problem(space=space, adapter=adapter, task=task, split=task.fitness_split, resample=resample)
+    problem = Problem(space=space, adapter=adapter, task=task, split=task.fitness_split, resample=resample, pool=pool)
+    keep = getattr(optimizer, "mu", None) or max(1, optimizer.popsize // 2)
     try:
         state = search(
             problem, optimizer, state, generations, on_candidate=history.append, on_generation=on_generation,
             evaluate_population=distributed.population_evaluator(problem, ranks),
+            racing=Racing(fitness, keep, c["seed"]) if fitness.racing else None,
         )
     except KeyboardInterrupt:
         # Keep what is finished: the checkpoint already holds every completed generation; the
@@ -362,11 +376,14 @@ def run(cfg: DictConfig | dict) -> dict:
     logger.log_artifact(run_dir / "best_recipe.yaml", name="best_recipe", kind="recipe")
     if rows:
         logger.log_artifact(run_dir / "results.json", name="results", kind="results")
-    logger.summary({"best_fitness": state.best["fitness"] if state.best else None, "evaluations": len(state.history)})
+    scored, full = items_scored(state.history)
+    logger.summary({"best_fitness": state.best["fitness"] if state.best else None, "evaluations": len(state.history),
+                    "items_scored": scored + progress.extra_items, "items_full_evaluation": full})
     logger.finish()
 
     progress.print("")
-    progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations")
+    progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations, "
+                   f"{describe_items(scored, full, progress.extra_items)} scored")
     written = [n for n in ("best_recipe.yaml", BEST_FILE, "history.jsonl", "fitness.png", "recipe_heatmap.png",
                            "route.png", "results.md") if (run_dir / n).exists()]
     if merged_dir.exists():
