@@ -39,7 +39,7 @@ MODES = {
 
 
 def one_run(experiment: str, seed: int, mode: str, k: int, extra: list[str], run_dir: Path) -> dict:
-    import evomm
+    from evomm.runner import run
     from evomm.search.scoring import items_scored
 
     overrides = [f"experiment={experiment}", f"seed={seed}", "logger=none", "final_eval.enabled=false",
@@ -48,7 +48,7 @@ def one_run(experiment: str, seed: int, mode: str, k: int, extra: list[str], run
     out = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(out):
-        result = evomm.run(compose(overrides))
+        result = run(compose(overrides))
     wall = time.perf_counter() - start
     loaded = float(re.search(r"models loaded in ([0-9.]+)s", out.getvalue()).group(1))
     scored, full = items_scored(result["state"].history)
@@ -66,17 +66,18 @@ class HeldOut:
     """One adapter and task for every run's held-out score (the same code the final table uses)."""
 
     def __init__(self, cfg):
-        from evomm.runner import build_search
         from omegaconf import OmegaConf
-        from tasks import build_task
+
+        from evomm.search.build import build_search
+        from evomm.tasks import build_task_from
 
         c = OmegaConf.to_container(cfg, resolve=True)
         self.adapter, _ = build_search(c)
-        self.task = build_task(c["task"]["name"], **{k: v for k, v in c["task"].items() if k != "name"})
+        self.task = build_task_from(c["task"])
 
     def score(self, run_dir: Path) -> float:
-        from evomm.adapters.base import apply_recipe
-        from evomm.merging.recipe import Recipe
+        from evomm.adapters.apply import apply_recipe
+        from evomm.recipe.recipe import Recipe
 
         apply_recipe(self.adapter, Recipe.load(run_dir / "best_recipe.yaml"))
         return float(self.task.evaluate(self.adapter.handle(), self.task.heldout_split)["fitness"])

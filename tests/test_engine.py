@@ -16,12 +16,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evomm.adapters.base import TensorSlot
+from evomm.merging.slots import TensorSlot
 from evomm.errors import ConfigError, IncompatibleModelsError
 from evomm.merging import engine, kernels
 from evomm.merging.engine import keep_sources_on, materialize, tensor_seed
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 
 CHUNKS = [None, 0, 16]  # default (one chunk for tiny tensors), whole tensors, many chunks
 DTYPES = [torch.float32, torch.bfloat16]

@@ -16,12 +16,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomm.adapters import build_adapter
-from evomm.adapters.base import LLMHandle, SDXLHandle, VLMHandle, show_source
+from evomm.adapters.apply import show_source
+from evomm.adapters.base import LLMHandle, SDXLHandle, VLMHandle
 from evomm.builtin import resolve
 from evomm.toy import tiny_vlm
 from evomm.toy.tiny_vqa import write_tiny_vqa
-from tasks import build_task
-from tasks.base import balanced_weights, pick
+from evomm.tasks import build_task
+from evomm.tasks.base import balanced_weights, pick
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 
-import evomm
+from evomm.runner import run as evomm_run
 from evomm.tracking.history import read_history
 
 from conftest import REPO, compose
@@ -21,9 +21,8 @@ from conftest import REPO, compose
 # exceeds its threshold, so candidates differ on nested sets of items: a clean paired signal.
 USER_TASK = '''
 import torch
-from tasks import TASKS
 
-@TASKS.register("user_spread")
+
 class SpreadTask:
     name, modality, fitness_split, heldout_split = "user_spread", "llm", "fitness", "heldout"
     calls = []
@@ -49,29 +48,26 @@ SMOKE = ["experiment=smoke_llm", "merge=task_arithmetic", "final_eval.enabled=fa
          "optimizer.popsize=8", "optimizer.generations=3"]
 
 
-def user_task(tmp_path):
+def user_task(tmp_path, monkeypatch):
     folder = tmp_path / "user_code"
     folder.mkdir(exist_ok=True)
     (folder / "my_spread_task.py").write_text(textwrap.dedent(USER_TASK))
-    sys.path.insert(0, str(folder))
-    try:
-        return importlib.import_module("my_spread_task").SpreadTask
-    finally:
-        sys.path.remove(str(folder))
+    monkeypatch.syspath_prepend(str(folder))
+    return importlib.import_module("my_spread_task").SpreadTask
 
 
 def strip(history):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
-def test_a_user_task_gets_racing_with_no_extra_code(tmp_path):
-    task = user_task(tmp_path)
+def test_a_user_task_gets_racing_with_no_extra_code(tmp_path, monkeypatch):
+    task = user_task(tmp_path, monkeypatch)
 
     def run(name, racing):
         cfg = compose([*SMOKE, f"run_dir={tmp_path / name}", f"fitness.racing={str(racing).lower()}"])
-        cfg.task = {"name": "user_spread", "n": 64}
+        cfg.task = {"_target_": "my_spread_task.SpreadTask", "n": 64}
         task.calls.clear()
-        return evomm.run(cfg), list(task.calls)
+        return evomm_run(cfg), list(task.calls)
 
     (raced, calls), (again, _) = run("raced", True), run("again", True)
     history = raced["state"].history
@@ -96,7 +92,7 @@ DEMO = ["experiment=demo", "logger=none", "final_eval.enabled=false", "save_merg
 
 def test_selection_writes_its_file_and_a_resume_reads_it(tmp_path):
     run_dir = tmp_path / "sel"
-    first = evomm.run(compose([*DEMO, "optimizer.generations=1", f"run_dir={run_dir}"]))
+    first = evomm_run(compose([*DEMO, "optimizer.generations=1", f"run_dir={run_dir}"]))
     record = json.loads((run_dir / "item_selection.json").read_text())
     pool = 16 + 16  # toy_skills: 16 English items, 16 of the 21 Japanese ones
     assert record["pool"] == pool and len(record["items"]) == 20 and record["reason"]
@@ -109,7 +105,7 @@ def test_selection_writes_its_file_and_a_resume_reads_it(tmp_path):
         estimate = sum(s * w for s, w in zip(scores, record["scale"])) / len(scores) + record["offset"]
         assert abs(estimate - model["pool_mean"]) < 1e-9
     os.utime(run_dir / "item_selection.json", (0, 0))
-    evomm.run(compose([*DEMO, "optimizer.generations=2", "resume=true", f"run_dir={run_dir}"]))
+    evomm_run(compose([*DEMO, "optimizer.generations=2", "resume=true", f"run_dir={run_dir}"]))
     assert os.stat(run_dir / "item_selection.json").st_mtime == 0  # read back, not chosen again
 
 
@@ -146,7 +142,7 @@ def test_racing_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
 def test_racing_with_two_ranks_gives_the_same_history_as_one(tmp_path):
     common = [*DEMO, "optimizer.generations=2"]
-    one = evomm.run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
+    one = evomm_run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",

@@ -17,7 +17,7 @@ from evomm.cli import main as cli_main
 from evomm.errors import ConfigError
 from evomm.merging import streaming
 from evomm.merging.engine import materialize
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 from evomm.merging.streaming import parse_size, stream_merge, why_not_streamed
 
 PARAMS = {

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evomm.adapters.base import TensorSlot
+from evomm.merging.slots import TensorSlot
 from evomm.errors import ConfigError, IncompatibleModelsError
 from evomm.merging import kernels
 from evomm.merging.methods import (
@@ -66,7 +66,7 @@ from evomm.merging.methods import (
     stream_key,
     uniform24,
 )
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
 
 # Elements per chunk for bf16/fp16 inputs on the CPU: their float32 copies stay in the cache.
 CPU_CHUNK = 1 << 17

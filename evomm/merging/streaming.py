@@ -32,11 +32,11 @@ from typing import Callable
 
 import torch
 
-from evomm.adapters.base import TensorSlot
+from evomm.merging.slots import TensorSlot
 from evomm.adapters.loading import compare_shapes, pick_device, resolve_ref, torch_dtype
 from evomm.errors import ConfigError
 from evomm.merging.engine import materialize
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

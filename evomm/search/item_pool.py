@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from evomm.adapters.base import show_source
+from evomm.adapters.apply import show_source
 from evomm.errors import ConfigError
 from evomm.search.scoring import FitnessSettings, ItemPool
 from evomm.search.selection import select_items, spread_summary

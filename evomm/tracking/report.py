@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from evomm.errors import ConfigError
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
 
 HISTORY, RECIPE, RESULTS, BEST_FILE = "history.jsonl", "best_recipe.yaml", "results.json", "best.json"
 
@@ -210,7 +210,7 @@ def _cell(value: Any) -> str:
 
 
 def summary_text(run: RunRecord) -> str:
-    from evomm.evaluation import results_markdown
+    from evomm.tracking.results import results_markdown
 
     h, recipe = run.history, run.recipe
     best = run.best
@@ -252,7 +252,7 @@ def write_plots(run: RunRecord) -> list[Path]:
     if heatmap is not None:
         written.append(heatmap)
     if run.recipe.route is not None:
-        from evomm.merging.route_space import route_of
+        from evomm.recipe.route import route_of
         from evomm.tracking.route_plot import plot_route
 
         names = ["A", *run.recipe.route.get("models", [])]

@@ -14,7 +14,7 @@ from typing import Any
 
 from evomm.errors import ConfigError
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 
 _IGNORED = {"tokenizer_source", "tokenizer", "chat_template", "out_dtype", "name"}
 

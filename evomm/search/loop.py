@@ -12,9 +12,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from evomm.evolution.checkpoint import SearchState
-from evomm.evolution.optimizers import Optimizer
-from evomm.adapters.base import apply_recipe
+from evomm.search.checkpoint import SearchState
+from evomm.search.optimizers import Optimizer
+from evomm.adapters.apply import apply_recipe
 from evomm.search.racing import told_values
 from evomm.search.scoring import ItemPool, Racing, annotate
 
@@ -166,7 +166,7 @@ def search(
 
     ``evaluate_population(xs, sample)`` maps a population to history entries; the default
     evaluates in this process, a distributed run passes one that spreads the population over
-    ranks (see ``evomm.evolution.distributed``). With ``cache`` a candidate whose recipe was
+    ranks (see ``evomm.search.distributed``). With ``cache`` a candidate whose recipe was
     already scored is not evaluated again (:class:`FitnessCache`, rebuilt from ``state.history``).
 
     With ``problem.resample`` generation g scores on fitness sample g, and the best recipe so far
