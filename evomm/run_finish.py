@@ -117,6 +117,8 @@ def candidate_rows(history: list[dict]) -> list[dict]:
             "seconds": h["seconds"],
             "error": h["error"] or "",
             "cached": bool(h.get("cached", False)),
+            "items": int(h.get("items") or 0),  # fitness items scored (racing stops some early)
+            "stopped_early": bool(h.get("stopped_early", False)),
             **h["params"],
             **{f"metric/{k}": v for k, v in h["metrics"].items()},
         }

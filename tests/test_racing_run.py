@@ -12,7 +12,10 @@ import textwrap
 import time
 
 from evomm.runner import run as evomm_run
+from evomm.recipe.recipe import Recipe
 from evomm.tracking.history import read_history
+from evomm.tracking.model_card import card_text
+from evomm.tracking.report import report
 
 from conftest import REPO, compose
 
@@ -104,6 +107,10 @@ def test_selection_writes_its_file_and_a_resume_reads_it(tmp_path):
         scores = [record["chosen"][str(i)]["scores"][record["models"].index(model)] for i in record["items"]]
         estimate = sum(s * w for s, w in zip(scores, record["scale"])) / len(scores) + record["offset"]
         assert abs(estimate - model["pool_mean"]) < 1e-9
+    text = report([run_dir], plots=False)
+    assert "fitness items scored:" in text and "item selection (stratified): 20 of 32 items" in text
+    card = card_text(run_dir, Recipe.load(run_dir / "best_recipe.yaml"), [], {"task": {"name": "toy_skills"}})
+    assert "- fitness items scored:" in card
     os.utime(run_dir / "item_selection.json", (0, 0))
     evomm_run(compose([*DEMO, "optimizer.generations=2", "resume=true", f"run_dir={run_dir}"]))
     assert os.stat(run_dir / "item_selection.json").st_mtime == 0  # read back, not chosen again
@@ -120,7 +127,6 @@ def test_racing_sigkill_then_resume_matches_uninterrupted(tmp_path):
     out, err = full.communicate(timeout=600)
     assert full.returncode == 0, err[-2000:]
     reference = read_history(tmp_path / "full" / "history.jsonl")
-    assert any(h["stopped_early"] for h in reference) or True  # (stops depend on the models; the order must not)
 
     killed_dir = tmp_path / "killed"
     proc = train(killed_dir)

@@ -16,9 +16,7 @@ import numpy as np
 from evomm.adapters.apply import show_source
 from evomm.errors import ConfigError
 from evomm.search.scoring import FitnessSettings, ItemPool
-from evomm.search.selection import select_items, spread_summary
-
-SELECTION_FILE = "item_selection.json"
+from evomm.search.selection import SELECTION_FILE, select_items, spread_summary
 
 
 def source_handles(adapter: Any):

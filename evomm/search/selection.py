@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 RULES = ("stratified", "discriminating", "random")
+SELECTION_FILE = "item_selection.json"  # in the run directory: the chosen items and why
 
 
 @dataclass

@@ -21,6 +21,7 @@ import yaml
 
 from evomm.errors import ConfigError
 from evomm.recipe.recipe import Recipe
+from evomm.tracking.spending import spending_lines
 
 HISTORY, RECIPE, RESULTS, BEST_FILE = "history.jsonl", "best_recipe.yaml", "results.json", "best.json"
 
@@ -234,6 +235,7 @@ def summary_text(run: RunRecord) -> str:
         lines.append(f"best fitness: {best['fitness']:.4f} ({where})")
     else:
         lines.append("best fitness: - (no candidate scored)")
+    lines += spending_lines(run.run_dir, h)
     lines += ["", "## best recipe", recipe_table(recipe), ""]
     if run.rows:
         lines += ["## results (held-out split)", results_markdown(run.rows)]
