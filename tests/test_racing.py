@@ -105,3 +105,36 @@ def test_discriminating_selection_keeps_items_that_separate_models():
     assert spread_summary(scores, [0])["0"]["scores"] == [1.0, 0.0, 0.0]
     with pytest.raises(ValueError):
         select_items(scores, 3, rule="irt")
+
+
+def test_fitness_settings_refuse_bad_values_before_anything_loads():
+    from evomm.errors import ConfigError
+    from evomm.search.scoring import FitnessSettings
+
+    assert FitnessSettings.from_config(None).fingerprint() is None  # off: older checkpoints resume
+    assert FitnessSettings.from_config({"racing": True}).fingerprint()["racing"] is True
+    for bad, message in (({"racing": "yes"}, "fitness.racing"), ({"select": 1}, "fitness.select"),
+                         ({"min_items": 16, "max_items": 8}, "max_items"), ({"delta": 1.5}, "fitness.delta"),
+                         ({"bound": "hoeffding"}, "fitness.bound"), ({"stopped": "drop"}, "fitness.stopped"),
+                         ({"select_rule": "irt"}, "fitness.select_rule"), ({"speed": 2}, "does not take")):
+        with pytest.raises(ConfigError, match=message):
+            FitnessSettings.from_config(bad)
+    with pytest.raises(ConfigError, match="resample_fitness"):
+        FitnessSettings.from_config({"select": 10}, resample=True)
+
+
+def test_joined_rounds_and_pool_weights():
+    from evomm.search.scoring import ItemPool, join_rounds
+
+    part = lambda ids, scores, acc: {"params": {}, "x": [0.1], "seconds": 1.0, "fitness": sum(scores) / len(scores),  # noqa: E731
+                                     "metrics": {"accuracy": acc, "n": float(len(ids))}, "error": None,
+                                     "item_ids": ids, "item_scores": scores}
+    entry = join_rounds([part([3, 1], [1.0, 0.0], 0.5), part([0, 2], [1.0, 1.0], 1.0)], stopped=False)
+    assert entry["item_ids"] == [3, 1, 0, 2] and entry["items"] == 4 and entry["fitness"] == 0.75
+    assert entry["metrics"]["accuracy"] == 0.75 and entry["metrics"]["n"] == 4.0 and entry["seconds"] == 2.0
+    failed = join_rounds([part([3], [1.0], 1.0), {**part([1], [0.0], 0.0), "fitness": None, "error": "boom"}], True)
+    assert failed["fitness"] is None and failed["error"] == "boom"
+    pool = ItemPool(items=[0, 2], scale={0: 2.0, 2: 0.5}, offset=0.25)
+    weighted = pool.transform(part([0, 2], [1.0, 1.0], 1.0))
+    assert weighted["item_scores"] == [2.25, 0.75] and weighted["fitness"] == 1.5
+    assert weighted["metrics"]["subset_fitness"] == 1.0
