@@ -48,7 +48,11 @@ def validate_config(c: dict) -> None:
     _validate_final_eval(c)
     if not isinstance(c.get("resample_fitness", False), bool):
         raise ConfigError(f"resample_fitness must be true or false, got {c['resample_fitness']!r}")
-    FitnessSettings.from_config(c.get("fitness"), resample=bool(c.get("resample_fitness")))
+    fitness = FitnessSettings.from_config(c.get("fitness"), resample=bool(c.get("resample_fitness")))
+    optimizer_cls = plugins.load_class("optimizer", plugins.reference(c["optimizer"], "optimizer"))
+    if fitness.racing and getattr(optimizer_cls, "multi_objective", False):
+        raise ConfigError("fitness.racing ranks candidates by one fitness, but the optimizer is multi-objective; "
+                          "set fitness.racing=false")
 
 
 def _validate_plugins(c: dict) -> None:
@@ -179,6 +183,9 @@ def _validate_budget(c: dict) -> None:
 
 
 def _validate_final_eval(c: dict) -> None:
+    front_size = (c.get("final_eval") or {}).get("front_size")
+    if front_size is not None:
+        _int(front_size, "final_eval.front_size", 1)
 
     for name, params in ((c.get("final_eval") or {}).get("baselines") or {}).items():
         base_spec = get_method(name)

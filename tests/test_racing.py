@@ -138,3 +138,15 @@ def test_joined_rounds_and_pool_weights():
     weighted = pool.transform(part([0, 2], [1.0, 1.0], 1.0))
     assert weighted["item_scores"] == [2.25, 0.75] and weighted["fitness"] == 1.5
     assert weighted["metrics"]["subset_fitness"] == 1.0
+
+
+def test_racing_with_a_multi_objective_optimizer_is_refused_by_the_config_check():
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    from evomm.config_checks import validate_config
+    from evomm.errors import ConfigError
+
+    c = OmegaConf.to_container(compose(["experiment=smoke_llm", "optimizer=nsga2", "fitness.racing=true"]), resolve=True)
+    with pytest.raises(ConfigError, match="multi-objective"):
+        validate_config(c)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from evomm.search.checkpoint import SearchState
+from evomm.search.objectives import vector_losses
 from evomm.search.optimizers import Optimizer
 from evomm.adapters.apply import apply_recipe
 from evomm.search.racing import told_values
@@ -210,9 +211,12 @@ def search(
         # Maximisation is stated here, once: the optimizer minimises loss = -fitness. A failed
         # candidate ranks just below the worst success of its generation.
         worst_loss = -min(scored) + 1.0
-        told = told_values([e["fitness"] for e in entries], [e.get("items") or 0 for e in entries],
-                           [e["stopped_early"] for e in entries], racing.settings.stopped if racing else "estimate")
-        optimizer.tell(xs, [worst_loss if t is None else -t for t in told])
+        if getattr(optimizer, "multi_objective", False):  # one loss per objective (see objectives.py)
+            optimizer.tell(xs, vector_losses(problem.task, entries))
+        else:
+            told = told_values([e["fitness"] for e in entries], [e.get("items") or 0 for e in entries],
+                               [e["stopped_early"] for e in entries], racing.settings.stopped if racing else "estimate")
+            optimizer.tell(xs, [worst_loss if t is None else -t for t in told])
         state.history.extend(entries)
         for entry in entries:  # a candidate stopped early cannot be the best: others beat it
             if entry["fitness"] is not None and not entry["stopped_early"] and (
