@@ -184,13 +184,7 @@ def search(
     while state.generation < generations and not optimizer.stop():
         xs = optimizer.ask()  # popsize vectors in [0, 1]^d
         sample = state.generation if problem.resample else 0
-        def population(xs: list[np.ndarray], items: list[int] | None = None, sample: int = sample) -> list[dict]:
-            if problem.pool is None:
-                return evaluate_population(xs, sample) if items is None else evaluate_population(xs, sample, items)
-            # the items are passed explicitly, so that every rank scores them; rank 0 weighs them
-            entries = evaluate_population(xs, sample, problem.pool.items if items is None else items)
-            return [problem.pool.transform(e) for e in entries]
-
+        population = _on_sample(problem, evaluate_population, sample)
         if problem.resample and state.best is not None and state.best.get("sample") != sample:
             state.best = _rescored(state.best, population([np.asarray(state.best["x"])])[0], sample)
         unique = population
@@ -225,6 +219,22 @@ def search(
         state.generation += 1
         on_generation(state, entries)
     return state
+
+
+def _on_sample(problem: Problem, evaluate_population: Callable, sample: int) -> Callable:
+    """``population(xs, items=None)``: entries for ``xs`` scored on ``items`` of fitness sample ``sample``.
+
+    With an item pool (``fitness.select``) the items are always passed explicitly, so that every
+    rank scores the same ones, and rank 0 weighs their scores (``ItemPool.transform``).
+    """
+
+    def population(xs: list[np.ndarray], items: list[int] | None = None) -> list[dict]:
+        if problem.pool is None:
+            return evaluate_population(xs, sample) if items is None else evaluate_population(xs, sample, items)
+        entries = evaluate_population(xs, sample, problem.pool.items if items is None else items)
+        return [problem.pool.transform(e) for e in entries]
+
+    return population
 
 
 def _rescored(best: dict, entry: dict, sample: int) -> dict:
