@@ -14,6 +14,7 @@ TASKS: Registry = Registry("task")
 _MODULES = {
     "toy_arith": "tasks.toy_arith",
     "toy_skills": "tasks.toy_skills",
+    "toy_ja_math": "tasks.toy_ja_math",
     "toy_vqa_skills": "tasks.toy_vqa_skills",
     "toy_ja_vqa": "tasks.toy_vqa_skills",
     "ja_vg_vqa": "tasks.ja_vg_vqa",

@@ -42,7 +42,8 @@ class Problem:
             self.task.resample(sample)
         try:
             apply_recipe(self.adapter, self.space.decode(x))
-            metrics = {k: float(v) for k, v in self.task.evaluate(self.adapter.handle(), self.split).items()}
+            metrics = {k: float(v) for k, v in self.task.evaluate(self.adapter.handle(), self.split).items()
+                       if k != "item_scores"}  # per-item scores: a list, not a metric
             if not math.isfinite(metrics["fitness"]):
                 raise FloatingPointError(f"fitness is {metrics['fitness']}")
             entry.update(fitness=metrics["fitness"], metrics=metrics, error=None)
