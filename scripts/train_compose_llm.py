@@ -77,6 +77,19 @@ VARIANTS: dict[str, Variant] = {
     "v3": Variant(Design(name="v3", bridge_pairs=31),
                   _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1}),
                   note="v1 with twice the bridge: 31 of 55 operand pairs in Japanese, twice the weight"),
+    "v4": Variant(Design(name="v4", aligned=True, bridge_pairs=25),
+                  _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1}),
+                  note="v2 with a larger bridge (25 pairs) and code-switched lines on the bridge pairs"),
+    "v5": Variant(Design(name="v5", aligned=True, bridge_pairs=25),
+                  _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1},
+                          ja_mix={**JA_MIX, "japanese_arith_bridge": 1}),
+                  note="v4, and the Japanese expert also sees the bridge's Japanese arithmetic (+, -)"),
+    "v6": Variant(Design(name="v6", inline=True), _stages(),
+                  note="the answer right after '=' in both languages: 'q: 3 + 4 = 7' / '問: 3 + 4 = 7 です'"),
+    "v7": Variant(Design(name="v7", inline=True),
+                  _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1},
+                          ja_mix={**JA_MIX, "japanese_arith_bridge": 1}),
+                  note="v6 with v5's bridge: code-switched lines, Japanese expert sees bridge arithmetic"),
 }
 DEFAULT_VARIANT = "v1"
 

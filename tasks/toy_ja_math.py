@@ -75,7 +75,7 @@ class ToyJaMathTask(Resampling):
             if bad:
                 raise ConfigError(f"toy_ja_math: item indices {bad[:3]} are outside 0..{len(records) - 1}")
             records = [records[i] for i in items]
-        prompts = [compose_world.target_prompt(r["question"]) for r in records]
+        prompts = [self.design.ja_prompt(r["question"]) for r in records]
         outs = generate_texts(handle.model, handle.tokenizer, prompts,
                               max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
         numbers = [japanese_form_number(o) for o in outs]

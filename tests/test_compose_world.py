@@ -15,7 +15,7 @@ from evomm.toy.tokenizer import build_tokenizer
 from tasks import build_task
 
 DESIGNS = [cw.DEFAULT, cw.Design(aligned=False), cw.Design(spelled_ops=True, split_seed=3),
-           cw.Design(bridge_pairs=31, math_operands=13)]
+           cw.Design(bridge_pairs=31, math_operands=13), cw.Design(inline=True)]
 
 
 @pytest.mark.parametrize("design", DESIGNS)
@@ -93,7 +93,7 @@ def test_task_scores_items_and_follows_the_item_contract(tiny_handle, monkeypatc
     records = task.records("fitness")
     assert task.num_items("fitness") == len(records) == 10
     assert task.num_items("heldout") == len(cw.DEFAULT.target_items("heldout"))
-    index = {cw.target_prompt(r["question"]): i for i, r in enumerate(records)}
+    index = {task.design.ja_prompt(r["question"]): i for i, r in enumerate(records)}
 
     def fake_generate(model, tokenizer, prompts, **kw):
         """Item 0: right, in Japanese; item 1: right number, bare; the rest: wrong, in Japanese."""

@@ -85,6 +85,7 @@ class Design:
     target_ops: tuple[str, ...] = ("+", "-", "*")
     spelled_ops: bool = False             # True: "3 plus 4" / "3 たす 4" instead of "3 + 4"
     aligned: bool = False                 # True: "q: 3 + 4 = ? a:" / "問: 3 + 4 = ? 答:" (same shape)
+    inline: bool = False                  # True: "q: 3 + 4 = 7" / "問: 3 + 4 = 7 です" (answer after "=")
     bridge_pairs: int = 15                # operand pairs whose Japanese items the base sees
     split_seed: int = 0
 
@@ -96,20 +97,31 @@ class Design:
         return f"{f.a} {getattr(OPS[f.op], lang)} {f.b}"
 
     def en_question(self, f: Fact) -> str:
+        if self.inline:
+            return f"q: {self.expr(f, 'en')} ="
         if self.aligned:
             return f"q: {self.expr(f, 'en')} = ?"
         return f"q: what is {self.expr(f, 'en')}?"
 
     def ja_question(self, f: Fact) -> str:
+        if self.inline:
+            return f"問: {self.expr(f, 'ja')} ="
         if self.aligned:
             return f"問: {self.expr(f, 'ja')} = ?"
         return f"問: {self.expr(f, 'ja')} は いくつ ですか?"
 
+    def en_prompt(self, question: str) -> str:
+        return question if self.inline else f"{question} a:"
+
+    def ja_prompt(self, question: str) -> str:
+        """What the model is given for a target question: the question and the answer cue."""
+        return question if self.inline else f"{question} {ANSWER_CUE}"
+
     def en_line(self, f: Fact) -> str:
-        return f"{self.en_question(f)} a: {f.result}"
+        return f"{self.en_prompt(self.en_question(f))} {f.result}"
 
     def ja_line(self, f: Fact) -> str:
-        return f"{self.ja_question(f)} {ANSWER_CUE} {f.result} {JA_SUFFIX}"
+        return f"{self.ja_prompt(self.ja_question(f))} {target_answer(f.result)}"
 
     # -- splits ---------------------------------------------------------------------------------
 
@@ -149,6 +161,10 @@ class Design:
                 f"en: {self.en_question(f)} ja: {self.ja_question(f)}" for f in bridge_facts],
             "english_arith_base": lambda: [self.en_line(f) for f in facts(self.base_ops, self.operands)],
             "japanese_arith_bridge": lambda: [self.ja_line(f) for f in bridge_facts],
+            # code-switched lines (question in one language, answer in the other), bridge pairs only
+            "mixed_arith_bridge": lambda: [line for f in bridge_facts for line in (
+                f"{self.ja_prompt(self.en_question(f))} {target_answer(f.result)}",
+                f"{self.en_prompt(self.ja_question(f))} {f.result}")],
             "english_arith_math": lambda: [self.en_line(f)
                                            for f in facts(self.math_ops, self.math_operands)],
         }
@@ -162,13 +178,13 @@ class Design:
         """(prompt, expected response) per skill; ``target`` is the held-out split."""
         qa = world.eval_sets()
         return {
-            "english_arith": [(f"{self.en_question(f)} a:", str(f.result))
+            "english_arith": [(self.en_prompt(self.en_question(f)), str(f.result))
                               for f in facts(self.math_ops, self.math_operands)],
             "japanese_qa": qa["japanese_qa"],
             "english_qa": qa["english_qa"],
-            "target_fitness": [(target_prompt(r["question"]), target_answer(r["answer"]))
+            "target_fitness": [(self.ja_prompt(r["question"]), target_answer(r["answer"]))
                                for r in self.target_items("fitness")],
-            "target": [(target_prompt(r["question"]), target_answer(r["answer"]))
+            "target": [(self.ja_prompt(r["question"]), target_answer(r["answer"]))
                        for r in self.target_items("heldout")],
         }
 
@@ -182,10 +198,6 @@ def _parallel_lines() -> list[str]:
             if not any(f" {op.en} " in line for op in world.OPERATORS)]
 
 
-def target_prompt(question: str) -> str:
-    return f"{question} {ANSWER_CUE}"
-
-
 def target_answer(result: int | str) -> str:
     return f"{result} {JA_SUFFIX}"
 
@@ -197,4 +209,4 @@ def majority_rate(design: Design, split: str = "heldout") -> float:
     return sum(r["answer"] == common for r in items) / len(items)
 
 
-DEFAULT = Design()
+DEFAULT = Design(aligned=True)
