@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-COLUMNS = [("fitness", "Japanese arithmetic (target)"), ("number_rate", "right number, any form"),
+COLUMNS = [("fitness", "Japanese arithmetic (target)"), ("accuracy_plus", "+"), ("accuracy_minus", "-"),
+           ("accuracy_times", "*"), ("number_rate", "right number, any form"),
            ("japanese_rate", "answered in the Japanese form")]
 
 
@@ -49,14 +50,15 @@ def table(order, scores, majority: float) -> list[str]:
              "|---|---|" + "---|" * len(COLUMNS)]
     for kind, name in order:
         metrics = scores[(kind, name)]
-        lines.append(f"| {name} | {kind} | " + " | ".join(cell([m[k] for m in metrics]) for k, _ in COLUMNS) + " |")
-    lines.append(f"| always the most common number | reference | {majority:.3f} | {majority:.3f} | 1.000 |")
+        lines.append(f"| {name} | {kind} | "
+                     + " | ".join(cell([m[k] for m in metrics]) if k in metrics[0] else "-" for k, _ in COLUMNS) + " |")
+    lines.append(f"| always the most common number | reference | {majority:.3f} |" + " - |" * (len(COLUMNS) - 1))
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", default="demo")
+    parser.add_argument("--experiment", default="demo_compose")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--generations", type=int, default=None, help="default: the experiment's")
     parser.add_argument("--popsize", type=int, default=None, help="default: the experiment's")

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from evomm.generation import generate_texts  # noqa: E402
-from evomm.toy.compose_world import Design  # noqa: E402
+from evomm.toy.compose_world import DEFAULT, Design  # noqa: E402
 from evomm.toy.tokenizer import build_tokenizer  # noqa: E402
 
 SHIPPED_DIR = REPO / "evomm" / "toy" / "models" / "compose"
@@ -69,6 +69,8 @@ def _stages(base_steps=1200, ft_steps=200, ft_lr=5e-4, base_mix=None, ja_mix=Non
     )
 
 
+V8 = Design(name="v8", inline=True, base_ops=("+",), target_ops=("-", "*"), target_min_operand=2)
+
 VARIANTS: dict[str, Variant] = {
     "v1": Variant(Design(name="v1"), _stages(),
                   note="shared operator symbols; base knows + and - in both languages"),
@@ -86,12 +88,18 @@ VARIANTS: dict[str, Variant] = {
                   note="v4, and the Japanese expert also sees the bridge's Japanese arithmetic (+, -)"),
     "v6": Variant(Design(name="v6", inline=True), _stages(),
                   note="the answer right after '=' in both languages: 'q: 3 + 4 = 7' / '問: 3 + 4 = 7 です'"),
-    "v7": Variant(Design(name="v7", inline=True),
+    "v7": Variant(DEFAULT,
                   _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1},
                           ja_mix={**JA_MIX, "japanese_arith_bridge": 1}),
                   note="v6 with v5's bridge: code-switched lines, Japanese expert sees bridge arithmetic"),
+    "v8": Variant(V8, _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1},
+                              ja_mix={**JA_MIX, "japanese_arith_bridge": 1}),
+                  note="v7, but the base knows + only; the target is - and * (the math expert's), operands >= 2"),
+    "v9": Variant(V8, _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1},
+                              ja_mix={**JA_MIX, "japanese_arith_bridge": 1}), hidden=96,
+                  note="v8 with hidden 96"),
 }
-DEFAULT_VARIANT = "v1"
+DEFAULT_VARIANT = "v7"  # the shipped models
 
 
 def llama_config(tokenizer, hidden: int, layers: int) -> LlamaConfig:

@@ -25,6 +25,9 @@ from tasks.base import Resampling
 from tasks.toy_arith import japanese_form_number, normalise
 
 
+OP_NAMES = {op: spec.en for op, spec in compose_world.OPS.items()}  # "*" -> "times"
+
+
 @TASKS.register("toy_ja_math")
 class ToyJaMathTask(Resampling):
     name = "toy_ja_math"
@@ -84,6 +87,11 @@ class ToyJaMathTask(Resampling):
         bare = [normalise(o).split(" ", 1)[0] == r["answer"] for o, r in zip(outs, records)]
         n = max(1, len(records))
         accuracy = sum(scores) / n
-        return {"fitness": accuracy, "accuracy": accuracy,
-                "japanese_rate": sum(x is not None for x in numbers) / n,
-                "number_rate": sum(bare) / n, "n": float(len(records)), "item_scores": scores}
+        metrics = {"fitness": accuracy, "accuracy": accuracy,
+                   "japanese_rate": sum(x is not None for x in numbers) / n,
+                   "number_rate": sum(bare) / n, "n": float(len(records))}
+        for op, word in OP_NAMES.items():  # where composition happens: per operation
+            of_op = [x for x, r in zip(scores, records) if r["op"] == op]
+            if of_op:
+                metrics[f"accuracy_{word}"] = sum(of_op) / len(of_op)
+        return {**metrics, "item_scores": scores}

@@ -15,7 +15,8 @@ from evomm.toy.tokenizer import build_tokenizer
 from tasks import build_task
 
 DESIGNS = [cw.DEFAULT, cw.Design(aligned=False), cw.Design(spelled_ops=True, split_seed=3),
-           cw.Design(bridge_pairs=31, math_operands=13), cw.Design(inline=True)]
+           cw.Design(bridge_pairs=31, math_operands=13), cw.Design(inline=True),
+           cw.Design(inline=True, base_ops=("+",), target_ops=("-", "*"), target_min_operand=2)]
 
 
 @pytest.mark.parametrize("design", DESIGNS)
@@ -108,6 +109,9 @@ def test_task_scores_items_and_follows_the_item_contract(tiny_handle, monkeypatc
     assert full["item_scores"][0] == 1.0 and sum(full["item_scores"]) == 1.0
     assert full["fitness"] == pytest.approx(sum(full["item_scores"]) / 10)
     assert full["number_rate"] == pytest.approx(0.2) and full["japanese_rate"] == pytest.approx(0.9)
+    op0 = {"+": "plus", "-": "minus", "*": "times"}[records[0]["op"]]
+    same_op = sum(r["op"] == records[0]["op"] for r in records)
+    assert full[f"accuracy_{op0}"] == pytest.approx(1 / same_op)
     part = task.evaluate(tiny_handle, "fitness", items=[3, 0])
     assert part["item_scores"] == [0.0, 1.0] and part["fitness"] == 0.5
     with pytest.raises(ConfigError, match="outside"):
@@ -122,3 +126,63 @@ def test_task_runs_a_real_model_and_rejects_bad_options(tiny_handle):
         build_task("toy_ja_math", fitness_samples=0)
     with pytest.raises(ConfigError, match="splits"):
         task.records("test")
+
+
+# --- the shipped models and the experiment ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomm.builtin import resolve
+
+    out = {}
+    for name in ("base", "ja", "math"):
+        path = resolve(f"builtin:toy-compose-{name}")
+        out[name] = LLMHandle(AutoModelForCausalLM.from_pretrained(path).eval(),
+                              AutoTokenizer.from_pretrained(path))
+    return out
+
+
+def test_shipped_models_load_are_small_and_fine_tunes_stay_near_the_base(shipped):
+    from pathlib import Path
+
+    folder = Path(cw.__file__).parent / "models" / "compose"
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 20 * 2**20
+    states = {n: h.model.state_dict() for n, h in shipped.items()}
+    assert {k: v.shape for k, v in states["ja"].items()} == {k: v.shape for k, v in states["base"].items()}
+    base_norm = sum(float(v.pow(2).sum()) for v in states["base"].values()) ** 0.5
+    for expert in ("ja", "math"):  # a short, gentle fine-tune: a task vector small next to the weights
+        tau = sum(float((states[expert][k] - v).pow(2).sum()) for k, v in states["base"].items()) ** 0.5
+        assert 0 < tau < 0.2 * base_norm
+
+
+def test_each_expert_brings_what_the_target_needs(shipped):
+    """The world's premise: the math expert has the numbers, the Japanese expert the Japanese form."""
+    task = build_task("toy_ja_math")
+    scores = {n: task.evaluate(h, "fitness") for n, h in shipped.items()}
+    assert scores["math"]["number_rate"] > scores["ja"]["number_rate"]
+    assert scores["math"]["number_rate"] > scores["base"]["number_rate"]
+    assert scores["ja"]["japanese_rate"] > scores["math"]["japanese_rate"]
+    assert scores["ja"]["japanese_rate"] > scores["base"]["japanese_rate"]
+
+
+def test_demo_compose_runs_on_the_builtin_models(tmp_path):
+    import json
+    from pathlib import Path
+
+    import evomm
+    from conftest import compose
+
+    out = evomm.run(compose([
+        "experiment=demo_compose", f"run_dir={tmp_path / 'run'}", "logger=none",
+        "optimizer.popsize=2", "optimizer.generations=1", "save_merged=false",
+    ]))
+    rows = json.loads((Path(out["run_dir"]) / "results.json").read_text())
+    assert [r["kind"] for r in rows] == ["evolved"] + ["source"] * 3 + ["baseline"] * 3
+    for r in rows:
+        assert "item_scores" not in r["metrics"] and "error" not in r
+        assert 0.0 <= r["metrics"]["accuracy_times"] <= 1.0
+    history = [json.loads(line) for line in (Path(out["run_dir"]) / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(h["error"] is None for h in history)

@@ -87,6 +87,7 @@ class Design:
     aligned: bool = False                 # True: "q: 3 + 4 = ? a:" / "問: 3 + 4 = ? 答:" (same shape)
     inline: bool = False                  # True: "q: 3 + 4 = 7" / "問: 3 + 4 = 7 です" (answer after "=")
     bridge_pairs: int = 15                # operand pairs whose Japanese items the base sees
+    target_min_operand: int = 0           # 2: no "x 0" / "x 1" items in the target (trivial answers)
     split_seed: int = 0
 
     # -- phrasing -------------------------------------------------------------------------------
@@ -140,12 +141,15 @@ class Design:
         pairs = set(self.pair_splits()[split])
         return [f for f in facts(ops or self.target_ops, self.operands) if f.pair in pairs]
 
+    def target_facts(self, split: str) -> list[Fact]:
+        return [f for f in self.split_facts(split) if f.pair[0] >= self.target_min_operand]
+
     def target_items(self, split: str) -> list[dict[str, str]]:
-        """Target items of ``fitness`` or ``heldout``: ``{"question", "answer"}`` (answer: the number)."""
+        """Target items of ``fitness`` or ``heldout``: ``{"question", "answer", "op"}`` (answer: the number)."""
         if split not in TARGET_SPLITS:
             raise ValueError(f"unknown split '{split}'; known splits: {', '.join(TARGET_SPLITS)}")
-        return [{"question": self.ja_question(f), "answer": str(f.result)}
-                for f in self.split_facts(split)]
+        return [{"question": self.ja_question(f), "answer": str(f.result), "op": f.op}
+                for f in self.target_facts(split)]
 
     # -- corpora --------------------------------------------------------------------------------
 
@@ -209,4 +213,5 @@ def majority_rate(design: Design, split: str = "heldout") -> float:
     return sum(r["answer"] == common for r in items) / len(items)
 
 
-DEFAULT = Design(aligned=True)
+# The shipped world (scripts/train_compose_llm.py, variant v7; results/composition_log.md says why)
+DEFAULT = Design(name="v7", inline=True)
