@@ -35,7 +35,7 @@ class ToyJaMathTask(Resampling):
     fitness_split = "fitness"
     heldout_split = "heldout"
 
-    def __init__(self, fitness_samples: int = 64, heldout_samples: int = 1000, seed: int = 0,
+    def __init__(self, fitness_samples: int = 1000, heldout_samples: int = 1000, seed: int = 0,
                  max_new_tokens: int = 8, batch_size: int = 128):
         for key, value in (("fitness_samples", fitness_samples), ("heldout_samples", heldout_samples),
                            ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):

@@ -186,3 +186,26 @@ def test_demo_compose_runs_on_the_builtin_models(tmp_path):
         assert 0.0 <= r["metrics"]["accuracy_times"] <= 1.0
     history = [json.loads(line) for line in (Path(out["run_dir"]) / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all(h["error"] is None for h in history)
+
+
+def test_training_script_is_deterministic_and_fine_tunes_start_from_the_base(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_compose_llm.py"
+    spec = importlib.util.spec_from_file_location("train_compose_llm", path)
+    trainer = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_compose_llm", trainer)  # dataclasses look their module up
+    spec.loader.exec_module(trainer)
+    stages = (trainer.Stage("base", None, trainer.BASE_MIX, steps=3, lr=1e-3, batch_size=4),
+              trainer.Stage("math", "base", trainer.MATH_MIX, steps=2, lr=1e-3, batch_size=4, seed=2))
+    variant = trainer.Variant(cw.DEFAULT, stages, hidden=32, layers=2)
+    first = trainer.train_variant(variant, tmp_path / "a", log=lambda _: None)
+    second = trainer.train_variant(variant, None, log=lambda _: None)
+    for name in ("base", "math"):
+        a, b = first[name].state_dict(), second[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert 0 < trainer.relative_norm(first["math"], first["base"]) < 0.2
+    assert (tmp_path / "a" / "math" / "model.safetensors").is_file()
+    assert trainer.VARIANTS[trainer.DEFAULT_VARIANT].design == cw.DEFAULT  # the shipped world
