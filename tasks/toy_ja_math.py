@@ -1,11 +1,13 @@
 """toy_ja_math: the composition world's target, arithmetic asked and answered in Japanese.
 
 The toy analogue of MGSM-JA for the composition world (``evomm.toy.compose_world``): the model
-gets "問: 3 * 4 = ? 答:" and must answer "12 です" — the right number, in the Japanese answer form
-(the paper's rule "right number AND in Japanese", made exact). No source model is trained on these
-items: the math expert knows the operations in English, the Japanese expert knows Japanese, and
-only the base saw a little Japanese arithmetic, on operand pairs of its own (the ``bridge``).
-Fitness and held-out items share no operand pair.
+gets "問: 3 * 4 =" (the shipped design's phrasing) and must answer "12 です" — the right number,
+in the Japanese answer form (the paper's rule "right number AND in Japanese", made exact). No
+model is trained on these items: the math expert knows the operations in English, the Japanese
+expert knows Japanese, and the base (and the Japanese expert after it) saw Japanese arithmetic
+only on operand pairs of its own (the ``bridge``). Fitness and held-out items share no operand
+pair. Besides ``accuracy`` the task reports ``accuracy_<operation>``, ``number_rate`` (the right
+number in any form) and ``japanese_rate`` (answers in the "<n> です" form).
 
 Follows the per-item task contract: ``evaluate(handle, split, items=None)`` scores all items of
 the split (the fitness split: its fixed seeded sample) or the listed indices, and returns

@@ -7,11 +7,15 @@ pre-trained on a bilingual corpus where the languages share what the target need
 the operator symbols, parallel sentences and questions) and does a little arithmetic in both
 languages, at low skill. Then:
 
-* the **Japanese expert** is fine-tuned on Japanese text and Japanese Q/A ("問: ... 答: 4 です"):
-  better Japanese, no more arithmetic;
+* the **Japanese expert** is fine-tuned on Japanese text, Japanese Q/A ("問: ... 答: 4 です") and
+  the base's own Japanese arithmetic: better Japanese, no new arithmetic;
 * the **math expert** is fine-tuned on English arithmetic with more operations than the base
-  knows ("q: what is 3 * 4? a: 12"): better arithmetic, in English only;
-* the **target** asks and answers arithmetic in Japanese ("問: 3 * 4 は いくつ ですか? 答: 12 です").
+  knows ("q: 3 * 4 = 12" in the shipped design): better arithmetic, in English only;
+* the **target** asks and answers arithmetic in Japanese ("問: 3 * 4 =" -> "12 です").
+
+How the questions are phrased, how big the bridge is and what each corpus holds are the knobs of
+:class:`Design`; ``results/composition_log.md`` records what each setting gave. ``DEFAULT`` is
+the shipped design.
 
 Target items are split by *unordered operand pair* into three disjoint sets: ``bridge`` pairs
 (their Japanese ``base_ops`` items are in the base's corpus: the little Japanese arithmetic it
