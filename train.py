@@ -6,14 +6,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import evomm
 from evomm.errors import EvommError
+from evomm.runner import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
-        evomm.run(cfg)
+        run(cfg)
     except EvommError as e:  # a mistake the user fixes: one readable line, no traceback
         print(f"evomm: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -109,6 +109,6 @@ def compose(overrides: list[str]):
 
 
 def quiet() -> None:
-    from evomm.cli import quiet_libraries
+    from evomm.quiet import quiet_libraries
 
     quiet_libraries()

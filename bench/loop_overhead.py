@@ -1,6 +1,6 @@
 """Share of a search's wall time spent outside materialisation and fitness.
 
-A real loop (``evomm.evolution.loop.search``: CMA-ES ask/tell, decode, the fitness cache,
+A real loop (``evomm.search.loop.search``: CMA-ES ask/tell, decode, the fitness cache,
 history.jsonl, a checkpoint per generation) over the Llama-shaped checkpoints, TIES at layer
 granularity. The fitness is a forward pass of the merged model over a fixed batch of token ids
 (negative mean loss), sized so that it costs at least 10x a materialisation. Everything else in
@@ -20,12 +20,12 @@ import torch
 from _common import build_models, emit, parser, quiet, setup
 
 from evomm.adapters.llm import LLMAdapter
-from evomm.evolution import checkpoint, loop
-from evomm.evolution.checkpoint import SearchState
-from evomm.evolution.loop import Problem, search
-from evomm.evolution.optimizers import build_optimizer
-from evomm.merging.recipe import Recipe
-from evomm.merging.space import SearchSpace, build_units
+from evomm.search import checkpoint, loop
+from evomm.search.checkpoint import SearchState
+from evomm.search.loop import Problem, search
+from evomm.search.optimizers import build_optimizer
+from evomm.recipe.recipe import Recipe
+from evomm.search.space import SearchSpace, build_units
 from evomm.tracking.history import HistoryWriter
 
 TARGET = 0.05

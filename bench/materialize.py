@@ -25,10 +25,10 @@ import torch
 
 from _common import build_models, emit, median, model_bytes, parser, setup, timed
 
-from evomm.adapters.base import TensorSlot
 from evomm.adapters.llm import LLMAdapter
 from evomm.merging.engine import materialize
-from evomm.merging.recipe import Entry, Recipe
+from evomm.merging.slots import TensorSlot
+from evomm.recipe.recipe import Entry, Recipe
 
 TARGET = 3.0
 METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"]

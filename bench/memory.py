@@ -33,14 +33,14 @@ def child(base: str, experts: list[str]) -> None:
     import torch
 
     from evomm.adapters.llm import LLMAdapter
-    from evomm.cli import quiet_libraries
-    from evomm.evolution.checkpoint import SearchState
-    from evomm.evolution.loop import Problem, search
-    from evomm.evolution.optimizers import build_optimizer
+    from evomm.quiet import quiet_libraries
+    from evomm.search.checkpoint import SearchState
+    from evomm.search.loop import Problem, search
+    from evomm.search.optimizers import build_optimizer
     from evomm.merging import engine
     from evomm.merging.engine import materialize
-    from evomm.merging.recipe import Entry, Recipe
-    from evomm.merging.space import SearchSpace, build_units
+    from evomm.recipe.recipe import Entry, Recipe
+    from evomm.search.space import SearchSpace, build_units
 
     quiet_libraries()
     proc = psutil.Process()

@@ -14,13 +14,20 @@ warm for all after the first round); the ratio uses each one's fastest of 20 run
 processes share the cores (with 10, the ratio moved by +-0.08 between runs), and the medians
 are reported too.
 
+A second line times what a user runs: ``evomm merge CONFIG OUT`` in a fresh process, end to end
+(interpreter start, imports, merge, save), next to ``mergekit-yaml CONFIG OUT`` on the same
+mergekit YAML, alternating, fastest of three each, and compares the two outputs tensor by tensor.
+
     python bench/one_shot.py [--small] [--repeats N]
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,10 +37,66 @@ from safetensors.torch import load_file, save_file
 from _common import build_models, emit, median, parser, quiet, setup, timed
 
 from evomm.cli import merge_to_dir
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 from evomm.merging.streaming import _ShardWriter
 
 TARGET = 1.5
+COLD_TARGET = 10.0  # a cold `evomm merge` at least 10x faster than mergekit-yaml end to end
+
+MERGEKIT_YAML = """merge_method: ties
+base_model: {base}
+models:
+  - model: {e0}
+    parameters: {{weight: 0.6, density: 0.4}}
+  - model: {e1}
+    parameters: {{weight: 0.5, density: 0.7}}
+dtype: float32
+"""
+
+
+def cold_commands() -> dict[str, list[str]]:
+    """The two commands as a user types them (the installed console scripts when present)."""
+    evomm = shutil.which("evomm")
+    mergekit = shutil.which("mergekit-yaml")
+    return {
+        "evomm": [evomm, "merge"] if evomm else [sys.executable, "-m", "evomm.cli", "merge"],
+        "mergekit": [mergekit] if mergekit else [],
+    }
+
+
+def cold_runs(base: str, experts: list[str], tmp: Path, repeats: int = 3) -> dict:
+    """Fresh-process timings of both commands and how far apart their tensors are."""
+    config = tmp / "ties.yml"
+    config.write_text(MERGEKIT_YAML.format(base=base, e0=experts[0], e1=experts[1]))
+    outs = {"evomm": tmp / "cold_evomm", "mergekit": tmp / "cold_mergekit"}
+    cmds = cold_commands()
+    extra = {"evomm": [], "mergekit": ["--no-copy-tokenizer"]}
+    seconds: dict[str, list[float]] = {"evomm": [], "mergekit": []}
+    for _ in range(repeats):
+        for name in ("evomm", "mergekit"):
+            if not cmds[name]:
+                continue
+            shutil.rmtree(outs[name], ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run([*cmds[name], str(config), str(outs[name]), *extra[name]], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            seconds[name].append(time.perf_counter() - start)
+    result = {f"{k}_seconds": round(min(v), 2) for k, v in seconds.items() if v}
+    if seconds["mergekit"]:
+        ours, theirs = _tensors(outs["evomm"]), _tensors(outs["mergekit"])
+        diffs = [(ours[k].float() - theirs[k].float()).abs() for k in theirs]
+        result.update(speedup=round(min(seconds["mergekit"]) / min(seconds["evomm"]), 1),
+                      max_abs_diff=float(max(d.max() for d in diffs)),
+                      elements_differing=int(sum(int((d > 0).sum()) for d in diffs)),
+                      elements=int(sum(d.numel() for d in diffs)))
+    return result
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
 
 
 def main() -> None:
@@ -112,6 +175,9 @@ def main() -> None:
              two_read_floor_seconds=round(min(two_reads), 3), ratio_to_two_read_floor=round(m / min(two_reads), 2),
              in_memory_path_seconds=round(memory[0], 3),
              model_bytes=nbytes, models_loaded=3, small=args.small)
+        cold = cold_runs(base, experts, tmp)
+        emit(bench="one_shot_cold", method="ties", what="evomm merge CONFIG OUT vs mergekit-yaml CONFIG OUT, "
+             "fresh processes, end to end", target_speedup=COLD_TARGET, model_bytes=nbytes, small=args.small, **cold)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Each run is ``python -m torch.distributed.run --nproc_per_node N bench/parallel.
 every process loads the smoke_llm experiment's adapter and task (tiny Llamas, toy_arith with
 ``--samples`` items per candidate, so that a candidate costs more than passing it around);
 rank 0 runs CMA-ES and spreads each population over the ranks
-(``evomm.evolution.distributed``). One warm-up generation, then the timed ones. Each process
+(``evomm.search.distributed``). One warm-up generation, then the timed ones. Each process
 uses one torch thread, so N processes use N cores; a 1-process run with 2 threads is reported
 for comparison.
 
@@ -29,13 +29,13 @@ def worker(args) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from evomm.cli import quiet_libraries
-    from evomm.evolution import distributed
-    from evomm.evolution.checkpoint import SearchState
-    from evomm.evolution.loop import Problem, search
-    from evomm.evolution.optimizers import build_optimizer
-    from evomm.runner import build_search
-    from tasks import build_task
+    from evomm.quiet import quiet_libraries
+    from evomm.search import distributed
+    from evomm.search.checkpoint import SearchState
+    from evomm.search.loop import Problem, search
+    from evomm.search.optimizers import build_optimizer
+    from evomm.search.build import build_search
+    from evomm.tasks import build_task_from
 
     torch.set_num_threads(args.threads or 1)
     quiet_libraries()
@@ -43,7 +43,7 @@ def worker(args) -> None:
     c = OmegaConf.to_container(
         compose(["experiment=smoke_llm", "logger=none", f"task.fitness_samples={args.samples}"]), resolve=True
     )
-    task = build_task(c["task"]["name"], **{k: v for k, v in c["task"].items() if k != "name"})
+    task = build_task_from(c["task"])
     adapter, space = build_search(c)
     problem = Problem(space=space, adapter=adapter, task=task, split=task.fitness_split)
     if not ranks.is_main:

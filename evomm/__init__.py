@@ -1,10 +1,7 @@
-"""evomm: evolve model-merge recipes for LLMs, VLMs and SDXL."""
+"""evomm: evolve model-merge recipes for LLMs, VLMs and SDXL.
+
+Entry points: ``evomm.runner.run(cfg)`` (what ``train.py`` calls), the ``evomm`` command
+(``evomm.cli``), the public scorers in ``evomm.metrics``.
+"""
 
 __version__ = "0.1.0"
-
-
-def run(cfg):
-    """Run one evolutionary merge from a composed config (see ``evomm.runner.run``)."""
-    from evomm.runner import run as _run
-
-    return _run(cfg)

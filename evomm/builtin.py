@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from evomm.errors import UnknownNameError
 from evomm.registry import Registry
 
 PREFIX = "builtin:"
@@ -23,8 +24,12 @@ PREFIX = "builtin:"
 # name -> builder(out_dir) that writes a complete checkpoint into out_dir
 BUILDERS: Registry[Callable[[Path], None]] = Registry("built-in model")
 
+# name -> writer(out_dir) that writes a complete data set folder (``builtin:<name>`` data sets)
+DATASETS: Registry[Callable[[Path], None]] = Registry("built-in data set")
+
 # Modules that register builders; imported on first use so that importing evomm stays light.
-_BUILDER_MODULES = ["evomm.toy.builtins", "evomm.toy.vlm_builtins", "evomm.toy.tiny_vlm", "evomm.toy.tiny_sdxl"]
+_BUILDER_MODULES = ["evomm.toy.builtins", "evomm.toy.vlm_builtins", "evomm.toy.tiny_vlm", "evomm.toy.tiny_sdxl",
+                    "evomm.toy.tiny_vqa", "evomm.toy.lm_eval_tasks"]
 
 
 def evomm_home() -> Path:
@@ -57,6 +62,16 @@ def resolve(ref: str) -> str:
     _load_builders()
     builder = BUILDERS.get(name)
     return str(build_once(evomm_home() / "models" / name, builder))
+
+
+def resolve_dataset(ref: str) -> str:
+    """The folder of a ``builtin:<name>`` data set (written once under $EVOMM_HOME/data)."""
+    name = ref[len(PREFIX):]
+    _load_builders()
+    if name not in DATASETS:
+        known = ", ".join(PREFIX + n for n in DATASETS.names())
+        raise UnknownNameError(f"unknown built-in data set '{ref}'; known: {known}")
+    return str(build_once(evomm_home() / "data" / name, DATASETS.get(name)))
 
 
 def build_once(out: Path, writer: Callable[[Path], None]) -> Path:

@@ -16,30 +16,13 @@ import sys
 from pathlib import Path
 
 from evomm.errors import ConfigError, EvommError
-
-
-def quiet_libraries() -> None:
-    """Hide per-file progress bars of transformers / diffusers; evomm prints its own progress."""
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    except ImportError:
-        pass
-    try:
-        import diffusers
-
-        diffusers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.set_verbosity_error()
-    except ImportError:
-        pass
+from evomm.quiet import quiet_libraries
 
 
 def read_recipe(path: Path):
     """An evomm recipe or a mergekit config, as a Recipe."""
-    from evomm.merging.mergekit_config import is_mergekit_config, recipe_from_mergekit
-    from evomm.merging.recipe import Recipe, load_yaml
+    from evomm.interop.mergekit_config import is_mergekit_config, recipe_from_mergekit
+    from evomm.recipe.recipe import Recipe, load_yaml
 
     data = load_yaml(path)
     if is_mergekit_config(data):
@@ -57,8 +40,8 @@ def merge_to_dir(recipe, out_dir: Path, device: str | None = None, max_shard_siz
     else (hub ids, VLM/SDXL recipes, routes) loads the adapter, materialises and saves.
     """
     from evomm.adapters import adapter_for_recipe
-    from evomm.adapters.base import apply_recipe
-    from evomm.merging.recipe import check_recipe
+    from evomm.adapters.apply import apply_recipe
+    from evomm.recipe.recipe import check_recipe
     from evomm.merging.streaming import DEFAULT_MAX_SHARD, NotStreamable, stream_merge
 
     check_recipe(recipe)  # every mistake surfaces here, before any model loads
@@ -88,7 +71,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export_mergekit(args: argparse.Namespace) -> int:
-    from evomm.merging.mergekit_export import export_mergekit
+    from evomm.interop.mergekit_export import export_mergekit
 
     text = export_mergekit(args.recipe, out=args.out)
     if args.out is None:
@@ -99,7 +82,7 @@ def cmd_export_mergekit(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from evomm.hub import CARD, path_in_repo, push
+    from evomm.interop.hub import CARD, path_in_repo, push
 
     files, url = push(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run)
     if args.dry_run:

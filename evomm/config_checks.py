@@ -10,13 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from evomm.adapters import adapter_names
+from evomm import plugins
 from evomm.adapters.loading import check_ref
-from evomm.errors import ConfigError, UnknownNameError
-from evomm.evolution.optimizers import OPTIMIZERS
+from evomm.errors import ConfigError
 from evomm.merging.methods import get_method
-from evomm.merging.space import GRANULARITIES
-from tasks import task_names
+from evomm.search.space import GRANULARITIES
 
 
 def _int(value: Any, key: str, minimum: int) -> int:
@@ -39,12 +37,8 @@ def validate_config(c: dict) -> None:
         if not isinstance(c.get(section), dict):
             raise ConfigError(f"the config has no '{section}' section; pick one with {section}=<name>")
 
-    adapter, merge, opt, task = c["adapter"], c["merge"], c["optimizer"], c["task"]
-    if adapter.get("name") not in adapter_names():
-        raise UnknownNameError(f"unknown adapter '{adapter.get('name')}'; known adapters: {', '.join(adapter_names())}")
-    if task.get("name") not in task_names():
-        raise UnknownNameError(f"unknown task '{task.get('name')}'; known tasks: {', '.join(task_names())}")
-    OPTIMIZERS.get(opt.get("name"))
+    _validate_plugins(c)
+    merge = c["merge"]
     if merge.get("method") in ("dfs", "ps_dfs"):
         _validate_routing(c)
     else:
@@ -55,9 +49,41 @@ def validate_config(c: dict) -> None:
         raise ConfigError(f"resample_fitness must be true or false, got {c['resample_fitness']!r}")
 
 
+def _validate_plugins(c: dict) -> None:
+    """Adapter, optimizer and task: each resolves to a class that takes every key its section sets,
+    and the task scores what the adapter produces."""
+    adapter, opt, task = c["adapter"], c["optimizer"], c["task"]
+    adapter_cls = plugins.check_options("adapter", plugins.reference(adapter, "adapter"), plugins.options(adapter))
+    plugins.check_options("optimizer", plugins.reference(opt, "optimizer"), plugins.options(opt, "generations"),
+                          supplied=("dim", "seed"))
+    task_cls = plugins.check_options("task", plugins.reference(task, "task"), plugins.options(task))
+    check_modality(task_cls, adapter_cls, "task")
+    extra_tasks = (c.get("final_eval") or {}).get("extra_tasks") or {}
+    if not isinstance(extra_tasks, dict):
+        raise ConfigError("final_eval.extra_tasks must map task names to their options")
+    for name, options in extra_tasks.items():
+        options = options or {}
+        extra_cls = plugins.check_options("task", plugins.reference({"name": name, **options}, "task"), plugins.options(options))
+        check_modality(extra_cls, adapter_cls, f"final_eval.extra_tasks.{name}")
+
+
+def check_modality(task_cls: type, adapter_cls: type, where: str) -> None:
+    """A task scores one kind of handle (``modality``); refuse a task that cannot score the adapter's."""
+    wanted = getattr(task_cls, "modality", None)
+    have = getattr(adapter_cls, "modality", None)
+    if wanted is None or have is None:
+        return  # a plugin that does not declare its modality is trusted
+    wanted = (wanted,) if isinstance(wanted, str) else tuple(wanted)
+    if have not in wanted:
+        raise ConfigError(
+            f"{where} '{getattr(task_cls, 'name', task_cls.__name__)}' scores {' or '.join(wanted)} models, "
+            f"but the {have} adapter gives {have} models; pick a {have} task or a {' / '.join(wanted)} adapter"
+        )
+
+
 def _validate_routing(c: dict) -> None:
     adapter, merge = c["adapter"], c["merge"]
-    if adapter.get("name") not in ("llm", "vlm"):
+    if getattr(plugins.load_class("adapter", plugins.reference(adapter, "adapter")), "modality", None) not in ("llm", "vlm"):
         raise ConfigError(f"merge={merge['method']} routes through decoder stacks: use adapter=llm or adapter=vlm")
     models = adapter.get("models")
     if not isinstance(models, list) or not models or models == "???":
@@ -151,12 +177,9 @@ def _validate_budget(c: dict) -> None:
 
 
 def _validate_final_eval(c: dict) -> None:
-    extra_tasks = (c.get("final_eval") or {}).get("extra_tasks") or {}
-    if not isinstance(extra_tasks, dict):
-        raise ConfigError("final_eval.extra_tasks must map task names to their options")
-    for name in extra_tasks:
-        if name not in task_names():
-            raise UnknownNameError(f"unknown task '{name}' in final_eval.extra_tasks; known tasks: {', '.join(task_names())}")
+    front_size = (c.get("final_eval") or {}).get("front_size")
+    if front_size is not None:
+        _int(front_size, "final_eval.front_size", 1)
 
     for name, params in ((c.get("final_eval") or {}).get("baselines") or {}).items():
         base_spec = get_method(name)

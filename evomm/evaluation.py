@@ -1,34 +1,18 @@
 """Final evaluation on the held-out split: the evolved recipe, each source, hand-set baselines.
 
-Every modality uses this step. It writes ``results.json`` (one entry per model: ``name``,
-``kind`` in {evolved, source, baseline}, ``metrics`` with at least ``fitness``) and
-``results.md`` (the same as a table).
+Every modality uses this step. Its rows (one per model: ``name``, ``kind`` in {evolved, source,
+baseline}, ``metrics`` with at least ``fitness``) are written by ``evomm.tracking.results``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable
 
-from evomm.adapters.base import apply_recipe, show_source
+from evomm.adapters.apply import apply_recipe, show_source
 from evomm.merging.methods import get_method
-from evomm.merging.recipe import Entry, Recipe, per_source_params
-from evomm.tracking.history import json_safe
-
-
-def baseline_recipe(template: Recipe, method: str, params: dict[str, Any]) -> Recipe:
-    """A hand-set merge: the same value for every source and every tensor."""
-    n = len(template.models)
-    recipe = template.copy()
-    recipe.method = method
-    recipe.method_params = {}
-    recipe.route = None
-    per_source = per_source_params(method)
-    recipe.entries = [Entry(params={k: ([float(v)] * n if k in per_source else v) for k, v in params.items()})]
-    return recipe
+from evomm.recipe.recipe import Recipe, baseline_recipe
 
 
 def short_name(ref: str) -> str:
@@ -61,8 +45,7 @@ def final_evaluation(
         start = time.perf_counter()
         handle = handle if handle is not None else adapter.handle()
         try:
-            metrics = {k: float(v) for k, v in task.evaluate(handle, split).items()
-                       if k != "item_scores"}  # per-item scores: a list, not a metric
+            metrics = {k: float(v) for k, v in task.evaluate(handle, split).items() if k != "item_scores"}
             for extra_name, extra in (extra_tasks or {}).items():
                 scores = extra.evaluate(handle, extra.heldout_split)
                 metrics.update({f"{extra_name}/{k}": float(v) for k, v in scores.items() if k != "item_scores"})
@@ -103,33 +86,3 @@ def final_evaluation(
         apply_recipe(adapter, baseline_recipe(best, method, dict(params)))
         score(method, "baseline", described)
     return rows
-
-
-def write_results(rows: list[dict], run_dir: Path, extra: dict | None = None) -> tuple[Path, Path]:
-    run_dir = Path(run_dir)
-    json_path = run_dir / "results.json"
-    json_path.write_text(json.dumps(json_safe(rows), indent=2, ensure_ascii=False))
-    md_path = run_dir / "results.md"
-    md_path.write_text(results_markdown(rows, extra))
-    return json_path, md_path
-
-
-def results_markdown(rows: list[dict], extra: dict | None = None) -> str:
-    # counts ("n") and the extra tasks' copies of their own fitness would only repeat columns
-    hidden = lambda k: k in ("fitness", "n") or k.endswith(("/n", "/fitness"))  # noqa: E731
-    metric_names = ["fitness"] + sorted({k for r in rows for k in r["metrics"] if not hidden(k)})
-    header = "| model | kind | " + " | ".join(metric_names) + " |"
-    lines = [header, "|" + "---|" * (2 + len(metric_names))]
-    for r in rows:
-        cells = [_fmt(r["metrics"].get(m)) for m in metric_names]
-        lines.append(f"| {r['name']} | {r['kind']} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    if extra:
-        text += "\n" + "\n".join(f"- {k}: {v}" for k, v in extra.items()) + "\n"
-    return text
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

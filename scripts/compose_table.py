@@ -34,9 +34,9 @@ def compose(overrides: list[str]):
 
 
 def run(overrides: list[str]) -> list[dict]:
-    import evomm
+    from evomm.runner import run as run_search
 
-    out = evomm.run(compose(overrides))
+    out = run_search(compose(overrides))
     return json.loads((Path(out["run_dir"]) / "results.json").read_text())
 
 

@@ -29,9 +29,9 @@ def compose(overrides: list[str]):
 
 
 def run(overrides: list[str]) -> list[dict]:
-    import evomm
+    from evomm.runner import run
 
-    out = evomm.run(compose(overrides))
+    out = run(compose(overrides))
     return json.loads((Path(out["run_dir"]) / "results.json").read_text())
 
 

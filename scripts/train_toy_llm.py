@@ -10,13 +10,16 @@ same weights. It takes a few minutes on a laptop core.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from evomm.toy.tokenizer import build_tokenizer
-from evomm.toy.train import MODELS_DIR, score_all, train_all
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the toy trainers live beside this script
+
+from evomm.toy.tokenizer import build_tokenizer  # noqa: E402
+from toytrain.llm import MODELS_DIR, score_all, train_all  # noqa: E402
 
 
 def main() -> None:

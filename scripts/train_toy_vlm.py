@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evomm.toy.train_vlm import MODELS_DIR, score_all, train_all  # noqa: E402
+from toytrain.vlm import MODELS_DIR, score_all, train_all  # noqa: E402
 
 
 def main() -> None:

@@ -1,42 +1,25 @@
-"""Fitness tasks. Each module registers its task class in ``TASKS`` under its config name."""
+"""Fitness tasks, installed as ``evomm.tasks``; a task is any class that follows ``evomm.tasks.base.Task``.
+
+Built-in tasks are named in ``evomm.plugins.BUILTINS``; a user's own task is selected from the
+config by its import path (``task: {_target_: my_pkg.my_task.MyTask, ...}``).
+"""
 
 from __future__ import annotations
 
-import importlib
 import inspect
+from typing import Any
 
-from evomm.errors import ConfigError, UnknownNameError
-from evomm.registry import Registry
-
-TASKS: Registry = Registry("task")
-
-# Task modules are imported lazily by name so that a text run never imports open_clip.
-_MODULES = {
-    "toy_arith": "tasks.toy_arith",
-    "toy_skills": "tasks.toy_skills",
-    "toy_ja_math": "tasks.toy_ja_math",
-    "toy_vqa_skills": "tasks.toy_vqa_skills",
-    "toy_ja_vqa": "tasks.toy_vqa_skills",
-    "ja_vg_vqa": "tasks.ja_vg_vqa",
-    "ja_vlm_bench": "tasks.ja_vlm_bench",
-    "mgsm_ja": "tasks.mgsm_ja",
-    "clip_score": "tasks.clip_score",
-}
+from evomm import plugins
 
 
-def build_task(name: str, **options):
-    """Instantiate the task registered as ``name`` with its config options."""
-    module = _MODULES.get(name)
-    if module is not None and name not in TASKS:
-        importlib.import_module(module)
-    if name not in TASKS:
-        raise UnknownNameError(f"unknown task '{name}'; known tasks: {', '.join(task_names())}")
-    cls = TASKS.get(name)
-    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"task '{name}' does not take {unknown}; its options: {', '.join(accepted)}")
-    return cls(**options)
+def build_task(ref: str, **options: Any):
+    """Instantiate a built-in task (by name) or any task class (by import path) with its options."""
+    return plugins.build("task", ref, options)
+
+
+def build_task_from(section: dict[str, Any]):
+    """The task a config section selects (``name`` or ``_target_``, plus its options)."""
+    return build_task(plugins.reference(section, "task"), **plugins.options(section))
 
 
 def validate_for_evaluation(task) -> None:
@@ -45,7 +28,3 @@ def validate_for_evaluation(task) -> None:
         task.validate(fitness=False)
     else:
         task.validate()
-
-
-def task_names() -> list[str]:
-    return sorted(set(_MODULES) | set(TASKS.names()))

@@ -34,8 +34,7 @@ import torch.nn.functional as F
 
 from evomm.builtin import resolve
 from evomm.errors import ConfigError
-from tasks import TASKS
-from tasks.base import Resampling
+from evomm.tasks.base import Resampling
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "ja_prompts.txt"
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -67,7 +66,6 @@ def image_grid(images: list, columns: int | None = None):
     return grid
 
 
-@TASKS.register("clip_score")
 class ClipScoreTask(Resampling):
     """Render fixed-seed images for Japanese prompts and score them with an open_clip model."""
 

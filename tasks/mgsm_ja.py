@@ -1,9 +1,11 @@
 """mgsm_ja: Japanese grade-school math, answered in Japanese (EvoLLM-JP's fitness and benchmark).
 
 The model gets a Japanese zero-shot prompt holding the question and writes a solution (greedy).
-A response counts when the last number in it equals the answer AND the response is Japanese
-(``evomm.text.japanese.is_japanese``), the paper's rule against models that solve the problem in
-English.
+A response counts when the number read from it equals the answer AND the response is Japanese
+by fastText lid.176 (P(ja) > 0.5), the paper's rule against models that solve the problem in
+English. ``reader`` picks how the number is read: ``paper`` (default: the last ``\\d*\\.?\\d+``, as
+the paper's code reads it) or ``strict`` (signs and thousands commas read); the rules are in
+``evomm.text.mgsm``, and ``evomm.metrics.mgsm_ja_correct`` is the same per-item score.
 
 Data:
   * held-out split ``test``: MGSM's Japanese test set (hub ``juletxara/mgsm``, config ``ja``,
@@ -19,9 +21,7 @@ otherwise. Hub datasets are loaded lazily, on first use.
 from __future__ import annotations
 
 import json
-import math
 import random
-import re
 import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,41 +29,13 @@ from typing import Any, Sequence
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
-from evomm.text.japanese import is_japanese
-from tasks import TASKS
-from tasks.base import Resampling
+from evomm.text.mgsm import READERS, Judgement, judge, read_number_strict
+from evomm.tasks.base import Resampling
 
 DEFAULT_TEMPLATE = (
     "以下は算数の文章題です。日本語で一歩ずつ考えて解き、最後に答えの数値を書いてください。\n\n"
     "### 問題:\n{question}\n\n### 解答:\n"
 )
-
-# A number: optional sign (a "-" right after a digit is a dash, as in "3-5", not a sign),
-# digits with optional thousands commas, optional decimals. Applied after NFKC.
-_NUMBER = re.compile(r"(?:(?<!\d)-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-_MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-"})
-
-
-def normalise_text(text: str) -> str:
-    """NFKC (full-width digits and commas become ASCII) with minus-sign variants as '-'."""
-    return unicodedata.normalize("NFKC", text).translate(_MINUS_SIGNS)
-
-
-def extract_answer(response: str) -> float | None:
-    """The last number in ``response`` (commas dropped, full-width digits read), or None."""
-    matches = _NUMBER.findall(normalise_text(response))
-    if not matches:
-        return None
-    return float(matches[-1].replace(",", ""))
-
-
-def same_number(a: float | None, b: float) -> bool:
-    return a is not None and math.isclose(a, b, rel_tol=0.0, abs_tol=1e-6)
-
-
-def is_correct(response: str, answer: float) -> bool:
-    """Right last number AND a Japanese response."""
-    return same_number(extract_answer(response), answer) and is_japanese(response)
 
 
 def question_key(question: str) -> str:
@@ -89,7 +61,7 @@ def _parse_answer(value: Any, where: str) -> float:
     text = str(value)
     if "####" in text:  # GSM8K-style worked answer
         text = text.rsplit("####", 1)[1]
-    number = extract_answer(text)
+    number = read_number_strict(text)  # the data's own answer: signs and thousands commas count
     if number is None:
         raise ConfigError(f"{where}: the answer {value!r} holds no number")
     return number
@@ -149,7 +121,6 @@ def load_records(source: str, *, config: str | None, split: str, what: str) -> l
     return records
 
 
-@TASKS.register("mgsm_ja")
 class MGSMJaTask(Resampling):
     """Japanese math word problems; fitness = accuracy (right number and Japanese)."""
 
@@ -174,7 +145,11 @@ class MGSMJaTask(Resampling):
         num_beams: int = 1,
         prompt_template: str | None = None,
         stop_strings: Sequence[str] | None = ("###",),
+        reader: str = "paper",
     ):
+        if reader not in READERS:
+            raise ConfigError(f"mgsm_ja: reader must be one of {sorted(READERS)} (paper: the paper's "
+                              f"number reading; strict: signs and thousands commas read), got {reader!r}")
         for key, value in (("fitness_samples", fitness_samples), ("heldout_samples", heldout_samples)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"mgsm_ja: {key} must be a positive integer or null (all), got {value!r}")
@@ -195,6 +170,7 @@ class MGSMJaTask(Resampling):
         self.num_beams = num_beams
         self.prompt_template = prompt_template
         self.stop_strings = list(stop_strings or [])
+        self.reader = reader
         self._all: dict[str, list[dict[str, Any]]] = {}
         self._items: dict[str, list[dict[str, Any]]] = {}
         self.last_responses: list[str] = []
@@ -253,20 +229,21 @@ class MGSMJaTask(Resampling):
                                num_beams=self.num_beams)
         return [truncate_at_stop(t, self.stop_strings) for t in texts]
 
-    @staticmethod
-    def score(responses: list[str], records: list[dict[str, Any]]) -> dict[str, float]:
+    def score_item(self, response: str, record: dict[str, Any]) -> Judgement:
+        """One response: ``.correct`` (right number and Japanese) is the item's score."""
+        return judge(response, record["answer"], self.reader)
+
+    def score(self, responses: list[str], records: list[dict[str, Any]]) -> dict[str, float]:
         if len(responses) != len(records):
             raise ValueError(f"{len(responses)} responses for {len(records)} records")
         n = len(records)
-        right_number = [same_number(extract_answer(r), rec["answer"]) for r, rec in zip(responses, records)]
-        japanese = [is_japanese(r) for r in responses]
-        correct = sum(a and b for a, b in zip(right_number, japanese))
-        accuracy = correct / n
+        judged = [self.score_item(r, rec) for r, rec in zip(responses, records)]
+        accuracy = sum(j.correct for j in judged) / n
         return {
             "fitness": accuracy,
             "accuracy": accuracy,
-            "answer_accuracy": sum(right_number) / n,  # right number, any language
-            "japanese_rate": sum(japanese) / n,
+            "answer_accuracy": sum(j.right_number for j in judged) / n,  # right number, any language
+            "japanese_rate": sum(j.japanese for j in judged) / n,
             "n": float(n),
         }
 

@@ -23,8 +23,7 @@ from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.toy import world
-from tasks import TASKS
-from tasks.base import Resampling
+from evomm.tasks.base import Resampling
 
 _JA_FORM = re.compile(r"^(-?\d+) です$")
 
@@ -75,7 +74,6 @@ def _read_jsonl(path: Path) -> list[dict[str, str]]:
     return records
 
 
-@TASKS.register("toy_arith")
 class ToyArithTask(Resampling):
     """Japanese arithmetic on the toy world's models; fitness = exact-match accuracy."""
 

@@ -21,16 +21,14 @@ import random
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
+from evomm.tasks.base import Resampling
+from evomm.tasks.toy_arith import japanese_form_number, normalise
 from evomm.toy import compose_world
-from tasks import TASKS
-from tasks.base import Resampling
-from tasks.toy_arith import japanese_form_number, normalise
 
 
 OP_NAMES = {op: spec.en for op, spec in compose_world.OPS.items()}  # "*" -> "times"
 
 
-@TASKS.register("toy_ja_math")
 class ToyJaMathTask(Resampling):
     name = "toy_ja_math"
     modality = "llm"

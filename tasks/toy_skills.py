@@ -18,9 +18,8 @@ from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.toy import world
-from tasks import TASKS
-from tasks.base import Resampling
-from tasks.toy_arith import normalise
+from evomm.tasks.base import Resampling
+from evomm.tasks.toy_arith import normalise
 
 SKILLS = ("english_arith", "japanese_qa")
 
@@ -33,7 +32,6 @@ def skill_split(skill: str, split: str, seed: int = 0) -> list[tuple[str, str]]:
     return pairs[0::2] if split == "fitness" else pairs[1::2]
 
 
-@TASKS.register("toy_skills")
 class ToySkillsTask(Resampling):
     name = "toy_skills"
     modality = "llm"

@@ -35,9 +35,8 @@ from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.text.rouge_ja import normalize
 from evomm.toy import vlm_world
-from tasks import TASKS
-from tasks.base import Resampling
-from tasks.ja_vg_vqa import JaVGVQATask, check_samples
+from evomm.tasks.base import Resampling
+from evomm.tasks.ja_vg_vqa import JaVGVQATask, check_samples
 
 SKILLS = ("english_vqa", "japanese_qa")
 SPLIT_FILES = {"fitness": "train", "heldout": "test"}  # our split -> the folders' file stem
@@ -72,7 +71,6 @@ def _positive(task: str, key: str, value) -> None:
         raise ConfigError(f"{task}: {key} must be a positive integer, got {value!r}")
 
 
-@TASKS.register("toy_vqa_skills")
 class ToyVQASkillsTask(Resampling):
     """Mean of English VQA (on images) and Japanese text Q/A, both ROUGE-L (MeCab)."""
 
@@ -186,7 +184,6 @@ class ToyVQASkillsTask(Resampling):
         return metrics
 
 
-@TASKS.register("toy_ja_vqa")
 class ToyJaVQATask(JaVGVQATask):
     """The target: ja_vg_vqa on the toy world's Japanese VQA folder, asked with its prompt."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
+# The toy-world trainers are scripts, not part of the package; tests that check them import them.
+sys.path.insert(0, str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,3 +55,32 @@ def compose(overrides: list[str]):
 @pytest.fixture
 def compose_cfg():
     return compose
+
+
+# The four smoke runs, once per test session: the run contract (tests/test_run_contract.py) and the
+# modality's own tests read the same run directories.
+def _smoke_run(tmp_path_factory, name: str, *overrides: str) -> dict:
+    from evomm.runner import run
+
+    run_dir = tmp_path_factory.mktemp(name) / "run"
+    return run(compose([*overrides, f"run_dir={run_dir}"]))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    return _smoke_run(tmp_path_factory, "smoke_llm", "experiment=smoke_llm", "logger=wandb")
+
+
+@pytest.fixture(scope="session")
+def vlm_run(tmp_path_factory):
+    return _smoke_run(tmp_path_factory, "smoke_vlm", "experiment=smoke_vlm")
+
+
+@pytest.fixture(scope="session")
+def sdxl_run(tmp_path_factory):
+    return _smoke_run(tmp_path_factory, "smoke_sdxl", "experiment=smoke_sdxl")
+
+
+@pytest.fixture(scope="session")
+def dfs_run(tmp_path_factory):
+    return _smoke_run(tmp_path_factory, "dfs", "experiment=smoke_llm", "merge=dfs", "final_eval.baselines=null")

@@ -13,8 +13,8 @@ import torch
 from evomm.adapters.base import SDXLHandle
 from evomm.errors import ConfigError
 from evomm.text.japanese import is_japanese
-from tasks import build_task
-from tasks.clip_score import DEFAULT_PROMPTS, clip_scores, read_prompts
+from evomm.tasks import build_task
+from evomm.tasks.clip_score import DEFAULT_PROMPTS, clip_scores, read_prompts
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,7 +12,7 @@ from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.toy import compose_world as cw
 from evomm.toy.tokenizer import build_tokenizer
-from tasks import build_task
+from evomm.tasks import build_task
 
 DESIGNS = [cw.DEFAULT, cw.Design(aligned=False), cw.Design(spelled_ops=True, split_seed=3),
            cw.Design(bridge_pairs=31, math_operands=13), cw.Design(inline=True),
@@ -87,7 +87,7 @@ def tiny_handle():
 
 
 def test_task_scores_items_and_follows_the_item_contract(tiny_handle, monkeypatch):
-    import tasks.toy_ja_math as mod
+    import evomm.tasks.toy_ja_math as mod
 
     task = build_task("toy_ja_math", fitness_samples=10)
     task.validate()
@@ -172,10 +172,11 @@ def test_demo_compose_runs_on_the_builtin_models(tmp_path):
     import json
     from pathlib import Path
 
-    import evomm
     from conftest import compose
 
-    out = evomm.run(compose([
+    from evomm.runner import run
+
+    out = run(compose([
         "experiment=demo_compose", f"run_dir={tmp_path / 'run'}", "logger=none",
         "optimizer.popsize=2", "optimizer.generations=1", "save_merged=false",
     ]))

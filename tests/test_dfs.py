@@ -25,19 +25,8 @@ from transformers import (
 )
 
 from evomm.errors import ConfigError, IncompatibleModelsError, ModelLoadError
-from evomm.merging.dfs import (
-    Route,
-    RoutedCausalLM,
-    decode_route,
-    encode_route,
-    export_plain,
-    find_decoder_stack,
-    initial_vector,
-    load_routed,
-    route_dim,
-    save_routed,
-    slot_step,
-)
+from evomm.merging.dfs import RoutedCausalLM, export_plain, find_decoder_stack, load_routed, save_routed
+from evomm.recipe.route import Route, decode_route, encode_route, initial_vector, route_dim, slot_step
 from evomm.tracking.route_plot import plot_route
 
 VOCAB = 64

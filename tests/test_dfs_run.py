@@ -6,20 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import evomm
+from evomm.runner import run
 from evomm.cli import main as cli_main
 from evomm.merging.dfs import load_routed
-from evomm.merging.recipe import Recipe
-from evomm.merging.route_space import route_of
+from evomm.recipe.recipe import Recipe
+from evomm.recipe.route import route_of
 from evomm.tracking.history import read_history
 
 from conftest import compose
-
-
-@pytest.fixture(scope="module")
-def dfs_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("dfs") / "run"
-    return evomm.run(compose(["experiment=smoke_llm", "merge=dfs", f"run_dir={run_dir}", "final_eval.baselines=null"]))
 
 
 def test_dfs_run_leaves_route_plot_and_table(dfs_run):
@@ -53,7 +47,7 @@ def test_evomm_merge_rebuilds_a_routed_model(dfs_run, tmp_path):
 
 
 def test_ps_dfs_routes_a_parameter_space_merge(tmp_path):
-    out = evomm.run(compose(["experiment=smoke_llm", "merge=ps_dfs", f"run_dir={tmp_path / 'run'}",
+    out = run(compose(["experiment=smoke_llm", "merge=ps_dfs", f"run_dir={tmp_path / 'run'}",
                              "optimizer.generations=1", "final_eval.baselines=null"]))
     recipe = Recipe.load(out["run_dir"] / "best_recipe.yaml")
     assert recipe.method == "ties" and recipe.entries  # model A: the hand-set PS merge
@@ -65,12 +59,12 @@ def test_ps_dfs_needs_an_existing_ps_recipe(tmp_path):
     from evomm.errors import ConfigError
 
     with pytest.raises(ConfigError, match="ps_recipe"):
-        evomm.run(compose(["experiment=smoke_llm", "merge=ps_dfs", f"run_dir={tmp_path}",
+        run(compose(["experiment=smoke_llm", "merge=ps_dfs", f"run_dir={tmp_path}",
                            f"merge.ps_recipe={tmp_path}/missing.yaml"]))
 
 
 def test_dfs_routes_a_vlms_language_model(tmp_path):
-    out = evomm.run(compose(["experiment=smoke_vlm", "merge=dfs", f"run_dir={tmp_path / 'run'}",
+    out = run(compose(["experiment=smoke_vlm", "merge=dfs", f"run_dir={tmp_path / 'run'}",
                              "optimizer.generations=1", "final_eval.baselines=null"]))
     recipe = Recipe.load(out["run_dir"] / "best_recipe.yaml")
     assert recipe.adapter == "vlm" and recipe.route["models"]  # model A: the LLaVA; model B: the text LLM

@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 
-import evomm
-from evomm.evolution import distributed
-from evomm.evolution.checkpoint import SearchState
-from evomm.evolution.loop import FitnessCache, Problem, search
-from evomm.merging.recipe import Recipe
-from evomm.merging.space import SearchSpace, build_units
+from evomm.runner import run
+from evomm.search import distributed
+from evomm.search.checkpoint import SearchState
+from evomm.search.loop import FitnessCache, Problem, search
+from evomm.recipe.recipe import Recipe
+from evomm.search.space import SearchSpace, build_units
 from evomm.tracking.history import read_history
 
 from conftest import REPO, compose
@@ -196,7 +196,7 @@ def test_two_processes_evaluate_shares_and_stop_cleanly():
 
 def test_torchrun_gives_the_same_history_as_one_process(tmp_path):
     common = ["experiment=smoke_llm", "final_eval.enabled=false", "save_merged=false"]
-    one = evomm.run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
+    one = run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
@@ -239,7 +239,7 @@ def test_resampling_scores_each_generation_on_its_sample_and_rescores_the_best()
 
 
 def test_a_task_redraws_its_fitness_sample_and_keeps_the_heldout_split():
-    from tasks import build_task
+    from evomm.tasks import build_task
 
     task = build_task("toy_skills", fitness_samples=5, heldout_samples=5)
     fixed = task.items("english_arith", "fitness")

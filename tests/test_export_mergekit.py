@@ -18,16 +18,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import evomm
+from evomm.runner import run
 from evomm.adapters.llm import llm_group
 from evomm.builtin import resolve
 from evomm.cli import main as cli_main
 from evomm.cli import merge_to_dir
 from evomm.errors import ConfigError
-from evomm.merging import mergekit_export
+from evomm.interop import mergekit_export
 from evomm.merging.methods import get_method
-from evomm.merging.mergekit_export import GROUP_SUBSTRINGS, group_substring, recipe_to_mergekit
-from evomm.merging.recipe import Entry, Recipe
+from evomm.interop.mergekit_export import GROUP_SUBSTRINGS, group_substring, recipe_to_mergekit
+from evomm.recipe.recipe import Entry, Recipe
 
 from conftest import compose
 
@@ -60,7 +60,7 @@ def runs(tmp_path_factory):
     out = {}
     for name, extra in overrides.items():
         run_dir = root / name
-        evomm.run(compose(["experiment=smoke_llm", f"run_dir={run_dir}", "final_eval.enabled=false", *extra]))
+        run(compose(["experiment=smoke_llm", f"run_dir={run_dir}", "final_eval.enabled=false", *extra]))
         out[name] = run_dir
     return out
 

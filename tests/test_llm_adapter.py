@@ -8,7 +8,7 @@ from evomm.adapters.llm import LLMAdapter, llm_group
 from evomm.builtin import resolve
 from evomm.errors import ConfigError, IncompatibleModelsError, ModelLoadError
 from evomm.merging.engine import materialize, tensor_seed, write_source
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""mgsm_ja: answer extraction, the Japanese rule, data loading and overlap, scoring a tiny model."""
+"""mgsm_ja: the task's scoring (paper and strict readers, the Japanese rule), data loading and
+overlap, scoring a tiny model. The readers themselves are tested in test_metrics.py."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.toy.tokenizer import build_tokenizer
-from tasks import build_task
-from tasks.mgsm_ja import MGSMJaTask, extract_answer, is_correct, truncate_at_stop
+from evomm.metrics import mgsm_ja_correct
+from evomm.tasks import build_task
+from evomm.tasks.mgsm_ja import MGSMJaTask, truncate_at_stop
 
 FITNESS = [
     {"question": "りんごが 3 こ あります。2 こ たべました。のこりは なんこ ですか?", "answer": "1"},
@@ -44,43 +46,50 @@ def data(tmp_path):
 # ---- strings ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("response, number", [
-    ("答えは 72 です。", 72),
-    ("合計は 1,234 円です", 1234),
-    ("１２，０００円になります", 12000),  # full-width digits and comma
-    ("気温は -5 度です", -5),
-    ("気温は −3 度です", -3),  # U+2212 minus sign
-    ("3-5 ページを読むと 2.5 時間", 2.5),
-    ("3.50 ドル", 3.5),
-    ("最初は 10 こ、次に 3 こ、答え 13。", 13),
-    ("1,2,3 と数える", 3),  # commas not in thousands groups separate numbers
-    ("3-5", 5),  # a dash after a digit is not a minus sign
-    ("わかりません", None),
-])
-def test_extract_answer_takes_the_last_number(response, number):
-    assert extract_answer(response) == number
-
-
-def test_a_response_counts_only_when_right_and_japanese():
-    assert is_correct("りんごは のこり 1 こ です。", 1)
-    assert not is_correct("りんごは のこり 2 こ です。", 1)  # wrong number
-    assert not is_correct("There is 1 apple left.", 1)  # right number, English
-    assert not is_correct("1", 1)  # a bare number has no Japanese in it
-    assert is_correct("答えは１２，０００円です", 12000)
-
-
 def test_truncate_at_stop():
     assert truncate_at_stop("答えは 4 です。\n### 問題:\n5 + 5", ["###"]) == "答えは 4 です。\n"
     assert truncate_at_stop("答えは 4 です。", ["###"]) == "答えは 4 です。"
 
 
+RECORDS = [{"question": "q1", "answer": 1.0}, {"question": "q2", "answer": 7.0},
+           {"question": "q3", "answer": 4.0}, {"question": "q4", "answer": 1000.0},
+           {"question": "q5", "answer": -3.0}]
+RESPONSES = ["のこりは 1 こ です", "The answer is 7", "ひとり 5 ほん です", "ぜんぶで 1,000 えん",
+             "気温は -3 度です"]
+
+
 def test_score_counts_accuracy_and_language():
-    records = [{"question": "q1", "answer": 1.0}, {"question": "q2", "answer": 7.0},
-               {"question": "q3", "answer": 4.0}, {"question": "q4", "answer": 1000.0}]
-    responses = ["のこりは 1 こ です", "The answer is 7", "ひとり 5 ほん です", "ぜんぶで 1,000 えん"]
-    metrics = MGSMJaTask.score(responses, records)
-    assert metrics == {"fitness": 0.5, "accuracy": 0.5, "answer_accuracy": 0.75,
-                       "japanese_rate": 0.75, "n": 4.0}
+    # paper reader: 1 right and Japanese; 7 right but English; 5 wrong; "1,000" reads 000 = 0;
+    # "-3" reads 3 (no signs)
+    metrics = MGSMJaTask().score(RESPONSES, RECORDS)
+    assert metrics == {"fitness": 0.2, "accuracy": 0.2, "answer_accuracy": 0.4,
+                       "japanese_rate": 0.8, "n": 5.0}
+    # strict reader: "1,000" reads 1000 and "-3" reads -3; the Japanese rule is the same
+    metrics = MGSMJaTask(reader="strict").score(RESPONSES, RECORDS)
+    assert metrics == {"fitness": 0.6, "accuracy": 0.6, "answer_accuracy": 0.8,
+                       "japanese_rate": 0.8, "n": 5.0}
+
+
+@pytest.mark.parametrize("reader", ["paper", "strict"])
+def test_task_items_are_the_public_metric(reader):
+    task = MGSMJaTask(reader=reader)
+    judged = [task.score_item(r, rec) for r, rec in zip(RESPONSES, RECORDS)]
+    assert [j.correct for j in judged] == [mgsm_ja_correct(r, rec["answer"], reader=reader)
+                                           for r, rec in zip(RESPONSES, RECORDS)]
+
+
+def test_reader_option_is_checked():
+    with pytest.raises(ConfigError, match="reader must be one of"):
+        MGSMJaTask(reader="loose")
+
+
+def test_dataset_answers_are_read_strictly(tmp_path):
+    """The data's own answers keep signs and thousands commas, whatever reads the responses."""
+    fitness = write_jsonl(tmp_path / "f.jsonl", [{"question": "a?", "answer": "... #### 1,234"},
+                                                 {"question": "b?", "answer": "-3"}])
+    heldout = write_jsonl(tmp_path / "h.jsonl", HELDOUT)
+    task = MGSMJaTask(fitness_dataset=fitness, heldout_dataset=heldout)
+    assert [r["answer"] for r in task.items("fitness")] == [1234.0, -3.0]
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -164,7 +173,7 @@ def test_evaluate_a_tiny_model(handle, data):
     assert 0.0 <= first["fitness"] <= 1.0 and first["n"] == 4.0
     assert len(task.last_responses) == 4
     # The metrics are those of the responses the model wrote, and scoring is reproducible.
-    assert first == MGSMJaTask.score(task.last_responses, task.items("fitness"))
+    assert first == task.score(task.last_responses, task.items("fitness"))
     assert task.evaluate(handle, "fitness") == first
     held = task.evaluate(handle, task.heldout_split)
     assert held["n"] == 2.0

@@ -11,9 +11,9 @@ import yaml
 
 from evomm.cli import main as cli_main
 from evomm.errors import ConfigError
-from evomm.evaluation import results_markdown
-from evomm.hub import files_to_push, find_token, push
-from evomm.merging.recipe import Entry, Recipe
+from evomm.tracking.results import results_markdown
+from evomm.interop.hub import files_to_push, find_token, push
+from evomm.recipe.recipe import Entry, Recipe
 from evomm.tracking.model_card import KNOWN_LICENSES, front_matter, source_license, write_model_card
 
 ROWS = [

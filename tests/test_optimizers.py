@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from evomm.errors import UnknownNameError
-from evomm.evolution.optimizers import build_optimizer, default_popsize
+from evomm.search.optimizers import build_optimizer, default_popsize
 
 
 def sphere(x):

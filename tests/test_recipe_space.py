@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evomm.errors import ConfigError
-from evomm.merging.recipe import Entry, Recipe, evaluate_setting
-from evomm.merging.space import SearchSpace, build_units
+from evomm.recipe.recipe import Entry, Recipe, evaluate_setting
+from evomm.search.space import SearchSpace, build_units
 
 GROUPS = ["embed", "layers.0", "layers.1", "layers.2", "layers.3", "norm", "head"]
 LAYERS = GROUPS[1:5]

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import evomm
+from evomm.runner import run
 from evomm.cli import main as cli_main
 from evomm.errors import ConfigError
-from evomm.merging.recipe import Entry, Recipe
+from evomm.recipe.recipe import Entry, Recipe
 from evomm.tracking.history import read_history
 from evomm.tracking.plots import plot_recipe_heatmap, recipe_matrix
 from evomm.tracking.report import comparison_row, comparison_table, load_run, report
@@ -26,7 +26,7 @@ def is_png(path) -> bool:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("report") / "smoke"
-    evomm.run(compose(["experiment=smoke_llm", f"run_dir={run_dir}"]))
+    run(compose(["experiment=smoke_llm", f"run_dir={run_dir}"]))
     return run_dir
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import evomm
+from evomm.runner import run
 from evomm.cli import main as cli_main
 from evomm.errors import ConfigError, UnknownNameError
 from evomm.tracking.history import read_history
@@ -18,22 +18,11 @@ from conftest import REPO, compose
 
 
 def smoke(run_dir, *overrides):
-    return evomm.run(compose(["experiment=smoke_llm", f"run_dir={run_dir}", *overrides]))
+    return run(compose(["experiment=smoke_llm", f"run_dir={run_dir}", *overrides]))
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    return smoke(run_dir, "logger=wandb")
-
-
-def test_run_directory_contract(smoke_run):
-    run_dir = smoke_run["run_dir"]
-    for name in ["best_recipe.yaml", "history.jsonl", "checkpoint.pkl", "fitness.png", "results.json", "results.md"]:
-        assert (run_dir / name).stat().st_size > 0, name
-    assert (run_dir / "merged" / "config.json").exists()
-    assert (run_dir / "merged" / "model.safetensors").exists()
-    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run files"
+def test_wandb_offline_run_is_recorded(smoke_run):
+    assert list((smoke_run["run_dir"] / "wandb").glob("offline-run-*")), "W&B offline run files"
 
 
 def test_history_has_one_line_per_candidate(smoke_run):
@@ -56,15 +45,6 @@ def test_results_table_lists_every_comparison(smoke_run):
     assert all("fitness" in r["metrics"] for r in rows)
     table = (smoke_run["run_dir"] / "results.md").read_text()
     assert "| evolved | evolved |" in table and "| dare_ties | baseline |" in table
-
-
-def test_evomm_merge_rebuilds_merged_bit_for_bit(smoke_run, tmp_path):
-    run_dir = smoke_run["run_dir"]
-    assert cli_main(["merge", str(run_dir / "best_recipe.yaml"), str(tmp_path / "rebuilt")]) == 0
-    a = load_file(run_dir / "merged" / "model.safetensors")
-    b = load_file(tmp_path / "rebuilt" / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_continues_to_the_same_result(tmp_path, smoke_run):
@@ -93,9 +73,9 @@ def test_resume_refuses_a_different_config(tmp_path):
     "override, error, message",
     [
         ("merge.method=frobnicate", UnknownNameError, "known merge methods: .*dare_ties"),
-        ("adapter.name=audio", UnknownNameError, "known adapters: llm, sdxl, vlm"),
-        ("task.name=chess", UnknownNameError, "known tasks: .*toy_arith"),
-        ("optimizer.name=adam", UnknownNameError, "known optimizers: cmaes, random"),
+        ("adapter.name=audio", UnknownNameError, "built-in adapters: llm, sdxl, vlm"),
+        ("task.name=chess", UnknownNameError, "built-in tasks: .*toy_arith"),
+        ("optimizer.name=adam", UnknownNameError, "built-in optimizers: cmaes, nsga2, random"),
         ("optimizer.popsize=1", ConfigError, "optimizer.popsize must be >= 2"),
         ("optimizer.generations=-1", ConfigError, "optimizer.generations must be >= 0"),
         ("merge.bounds.density=[0.0,1.0]", ConfigError, "density must lie in"),
@@ -134,7 +114,7 @@ def test_train_py_runs_as_a_script(tmp_path):
 
 
 def test_resample_fitness_redraws_the_sample_every_generation(tmp_path, monkeypatch):
-    from tasks.toy_arith import ToyArithTask
+    from evomm.tasks.toy_arith import ToyArithTask
 
     drawn = []
     real = ToyArithTask.resample

@@ -15,9 +15,9 @@ from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.toy import world
 from evomm.toy.tokenizer import build_tokenizer
-from tasks import build_task
-from tasks.base import Task
-from tasks.toy_arith import ToyArithTask, is_correct, japanese_form_number
+from evomm.tasks import build_task
+from evomm.tasks.base import Task
+from evomm.tasks.toy_arith import ToyArithTask, is_correct, japanese_form_number
 
 
 @pytest.fixture(scope="module")

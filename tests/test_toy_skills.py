@@ -6,8 +6,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evomm.adapters.base import LLMHandle
 from evomm.builtin import resolve
 from evomm.errors import ConfigError
-from tasks import build_task
-from tasks.toy_skills import SKILLS, skill_split
+from evomm.tasks import build_task
+from evomm.tasks.toy_skills import SKILLS, skill_split
 
 
 def test_halves_are_disjoint_and_cover_each_skill():

@@ -14,15 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-import evomm
+from evomm.runner import run
 import evomm.toy.vlm_builtins  # noqa: F401 - registers builtin:toy-vlm-*
-import tasks.toy_vqa_skills  # noqa: F401 - registers toy_vqa_skills and toy_ja_vqa
 from evomm.adapters import build_adapter
-from evomm.adapters.base import show_source
+from evomm.adapters.apply import show_source
 from evomm.data.vqa import load_vqa
 from evomm.errors import ConfigError
 from evomm.toy import vlm_world as world
-from evomm.toy.train_vlm import (
+from toytrain.vlm import (
     ALPHABET,
     IMAGE_TOKEN,
     SPECIAL_TOKENS,
@@ -31,7 +30,7 @@ from evomm.toy.train_vlm import (
     build_tokenizer,
     train_all,
 )
-from tasks import build_task
+from evomm.tasks import build_task
 
 from conftest import compose
 
@@ -277,7 +276,7 @@ def test_bad_options_and_missing_data_raise(tmp_path):
 
 
 def test_demo_vlm_runs_end_to_end(tmp_path):
-    out = evomm.run(compose([
+    out = run(compose([
         "experiment=demo_vlm", f"run_dir={tmp_path / 'run'}", "logger=none",
         "optimizer.popsize=2", "optimizer.generations=1", "~final_eval.baselines", "save_merged=false",
     ]))

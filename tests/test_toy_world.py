@@ -123,7 +123,7 @@ def test_eval_sets_expect_training_format_answers():
 def test_training_is_deterministic_and_fine_tuning_starts_from_the_parent(tmp_path):
     import torch
 
-    from evomm.toy.train import Stage, train_all
+    from toytrain.llm import Stage, train_all
 
     stages = (
         Stage("base", None, {"english_arith": 1, "japanese_qa": 1}, steps=3, lr=1e-3, batch_size=4),
@@ -152,7 +152,7 @@ def _chance(pairs: list[tuple[str, str]]) -> float:
 def shipped():
     from transformers import AutoModelForCausalLM
 
-    from evomm.toy.train import MODEL_NAMES, MODELS_DIR
+    from toytrain.llm import MODEL_NAMES, MODELS_DIR
 
     return {
         name: (AutoModelForCausalLM.from_pretrained(MODELS_DIR / name),
@@ -162,7 +162,7 @@ def shipped():
 
 
 def test_shipped_models_are_small_and_share_one_architecture(shipped):
-    from evomm.toy.train import MODELS_DIR
+    from toytrain.llm import MODELS_DIR
 
     size = sum(f.stat().st_size for f in MODELS_DIR.rglob("*") if f.is_file())
     assert size < 5 * 2**20
@@ -174,7 +174,7 @@ def test_shipped_models_are_small_and_share_one_architecture(shipped):
     ("base", "english_qa"), ("base", "japanese_qa"), ("ja", "japanese_qa"), ("math", "english_arith"),
 ])
 def test_shipped_models_beat_chance_on_their_training_formats(shipped, name, skill):
-    from evomm.toy.train import exact_match
+    from toytrain.llm import exact_match
 
     model, tokenizer = shipped[name]
     pairs = world.eval_sets()[skill]
@@ -182,7 +182,7 @@ def test_shipped_models_beat_chance_on_their_training_formats(shipped, name, ski
 
 
 def test_math_expert_beats_base_at_arithmetic_and_ja_expert_at_japanese(shipped):
-    from evomm.toy.train import exact_match
+    from toytrain.llm import exact_match
 
     arith, ja_qa = world.eval_sets()["english_arith"], world.eval_sets()["japanese_qa"]
     assert exact_match(*shipped["math"], arith) > exact_match(*shipped["base"], arith)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-import evomm
+from evomm.runner import run
 
 from conftest import REPO, compose
 
@@ -26,7 +26,7 @@ def offline_runs(run_dir):
 @pytest.fixture(scope="module")
 def logged_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tracked") / "run"
-    evomm.run(compose(["experiment=smoke_llm", f"run_dir={run_dir}", "logger=wandb"]))
+    run(compose(["experiment=smoke_llm", f"run_dir={run_dir}", "logger=wandb"]))
     return run_dir
 
 

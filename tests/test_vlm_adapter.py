@@ -261,7 +261,7 @@ def test_builtins_and_shared_token_ids(paths, tmp_path, monkeypatch):
 def test_bfloat16_handle_answers_the_vqa_task(paths, tmp_path):
     """The adapter's handle goes straight into the task; pixel values follow the model's dtype."""
     from evomm.toy.tiny_vqa import write_tiny_vqa
-    from tasks import build_task
+    from evomm.tasks import build_task
 
     a = VLMAdapter([paths["llava"], paths["llm"]], base=paths["base"], dtype="bfloat16", device="cpu")
     assert a.model.dtype == torch.bfloat16

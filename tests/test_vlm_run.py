@@ -7,17 +7,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import evomm
+from evomm.runner import run
 from evomm.cli import main as cli_main
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
 
 from conftest import compose
-
-
-@pytest.fixture(scope="module")
-def vlm_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke_vlm") / "run"
-    return evomm.run(compose(["experiment=smoke_vlm", f"run_dir={run_dir}"]))
 
 
 def test_smoke_vlm_leaves_the_run_directory(vlm_run):

@@ -17,7 +17,7 @@ from evomm.errors import ConfigError
 from evomm.text.rouge_ja import normalize
 from evomm.toy import tiny_vlm
 from evomm.toy.tiny_vqa import COLOUR_QUESTION, COLOURS, SHAPE_QUESTION, SHAPES, write_tiny_vqa
-from tasks import build_task
+from evomm.tasks import build_task
 
 FAST = dict(max_new_tokens=6, num_beams=1, repetition_penalty=1.0)  # cheap generation for tests
 
@@ -167,7 +167,7 @@ def test_dataset_reference_errors(data, tmp_path):
         load_vqa(str(data), "validation", "ja_vg_vqa")
     with pytest.raises(ConfigError, match="line 1: missing field 'question'"):
         load_vqa(str(data), "test", "ja_vlm_bench")  # a VG folder read as the bench layout
-    with pytest.raises(ConfigError, match="known: builtin:tiny-vqa"):
+    with pytest.raises(ConfigError, match="known: builtin:tiny-vlm-bench, builtin:tiny-vqa"):
         resolve_dataset("builtin:nothing")
 
 

@@ -1,32 +1,19 @@
-"""Modality adapters, registered by config name and imported lazily (diffusers only for sdxl)."""
+"""Modality adapters: one per modality (llm, vlm, sdxl), plus the routed (DFS) wrapper.
+
+An adapter class is a plugin (``evomm.plugins``): a built-in name or the import path of a user's
+own class; each is imported only when selected (diffusers only for sdxl).
+"""
 
 from __future__ import annotations
 
-import importlib
+from typing import Any
 
-from evomm.errors import UnknownNameError
-
-_ADAPTERS = {
-    "llm": ("evomm.adapters.llm", "LLMAdapter"),
-    "vlm": ("evomm.adapters.vlm", "VLMAdapter"),
-    "sdxl": ("evomm.adapters.sdxl", "SDXLAdapter"),
-}
+from evomm import plugins
 
 
-def adapter_names() -> list[str]:
-    return sorted(_ADAPTERS)
-
-
-def adapter_class(name: str):
-    if name not in _ADAPTERS:
-        raise UnknownNameError(f"unknown adapter '{name}'; known adapters: {', '.join(adapter_names())}")
-    module, cls = _ADAPTERS[name]
-    return getattr(importlib.import_module(module), cls)
-
-
-def build_adapter(name: str, **options):
+def build_adapter(ref: str, **options: Any):
     """Load the models of one modality; options are the adapter config's other keys."""
-    return adapter_class(name)(**options)
+    return plugins.build("adapter", ref, options)
 
 
 def adapter_for_recipe(recipe, device: str | None = None, **overrides):

@@ -14,33 +14,13 @@ and vocabulary-row slicing happen inside the adapter when it builds the slots, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-
-@dataclass
-class TensorSlot:
-    """One mergeable tensor of the target and its inputs.
-
-    name:    canonical tensor name in the target model (what recipe filters match against).
-    group:   the parameter group this tensor belongs to (``embed``, ``layers.3``, ``IN04`` ...).
-    t:       position of the group in the layer stack in [0, 1]; mergekit's ``t`` for per-layer
-             value lists (i/(N-1) for layer i; 0 for tensors outside the stack, as mergekit 0.1.5).
-    target:  the resident tensor (or a view of it) that a candidate is written into in place.
-    sources: one tensor per source model, same shape as ``target``.
-    base:    the base model's tensor for task-vector methods, or None when there is no base.
-    """
-
-    name: str
-    group: str
-    t: float
-    target: torch.Tensor
-    sources: list[torch.Tensor]
-    base: torch.Tensor | None = None
-    original: torch.Tensor | None = field(default=None, repr=False)
+from evomm.merging.slots import TensorSlot  # noqa: F401 - re-exported: adapters build slots
 
 
 @runtime_checkable
@@ -48,6 +28,7 @@ class Adapter(Protocol):
     """What the loop, the engine and the final evaluation need from a modality."""
 
     name: str
+    modality: str  # the handle it gives tasks: "llm", "vlm" or "sdxl" (tasks declare the one they score)
     source_names: list[str]  # model references, in recipe order
     base_name: str | None
 
@@ -66,31 +47,8 @@ class Adapter(Protocol):
     def save_merged(self, out_dir: Path) -> None:
         """Write the resident target in the modality's standard format."""
 
-
-def apply_recipe(adapter: Any, recipe: Any) -> None:
-    """Make the adapter's resident model the recipe's model.
-
-    Parameter-space recipes are written into the slots by the engine; adapters that do more
-    (routing) define ``apply(recipe)`` themselves.
-    """
-    apply = getattr(adapter, "apply", None)
-    if apply is not None:
-        apply(recipe)
-        return
-    from evomm.merging.engine import materialize  # the engine imports this module
-
-    materialize(adapter.slots(), recipe)
-
-
-def show_source(adapter: Any, index: int | None) -> None:
-    """Make the resident model source ``index`` (None: the base), for the comparison table."""
-    show = getattr(adapter, "show_source", None)
-    if show is not None:
-        show(index)
-        return
-    from evomm.merging.engine import write_source
-
-    write_source(adapter.slots(), index)
+    def notes(self) -> dict:
+        """Facts about this merge that the recipe records (e.g. vocabulary rows kept from a VLM)."""
 
 
 # What tasks receive. A task declares its modality and reads only these fields.

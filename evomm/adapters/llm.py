@@ -79,6 +79,7 @@ def check_llm_configs(refs: list[str]) -> list:
 
 class LLMAdapter:
     name = "llm"
+    modality = "llm"  # the handle it gives tasks (evomm.adapters.base.LLMHandle)
 
     def __init__(
         self,
@@ -105,56 +106,59 @@ class LLMAdapter:
         refs = self.source_names + ([self.base_name] if self.base_name else [])
         check_llm_configs(refs)
 
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self._load_target(device_map)
+        self.tokenizer = self._load_tokenizer(tokenizer_from, require_tokenizer)
+        self._build_slots()
 
-        def load(ref: str):
-            return load_or_explain(
-                ref, lambda r: AutoModelForCausalLM.from_pretrained(r, dtype=self.dtype), "model"
-            )
+    def _load(self, ref: str, **kwargs):
+        from transformers import AutoModelForCausalLM
 
-        # The resident target: a real model object whose parameters every candidate overwrites.
-        # device_map (e.g. "auto") lets accelerate spread a target too big for one GPU over the
-        # visible GPUs; the engine then merges each tensor on the GPU that holds it. Offloading
-        # to CPU or disk is not supported: offloaded weights are not written in place.
+        return load_or_explain(ref, lambda r: AutoModelForCausalLM.from_pretrained(r, dtype=self.dtype, **kwargs), "model")
+
+    def _load_target(self, device_map: str | dict | None) -> None:
+        """The resident target: a real model object whose parameters every candidate overwrites.
+
+        device_map (e.g. "auto") lets accelerate spread a target too big for one GPU over the
+        visible GPUs; the engine then merges each tensor on the GPU that holds it. Offloading to
+        CPU or disk is not supported: offloaded weights are not written in place.
+        """
         if device_map is None:
-            self.model = load(self.source_names[0]).to(self.device).eval()
-        else:
-            self.model = load_or_explain(
-                self.source_names[0],
-                lambda r: AutoModelForCausalLM.from_pretrained(r, dtype=self.dtype, device_map=device_map),
-                "model",
-            ).eval()
-            if any(p.device.type == "meta" for p in self.model.parameters()):
-                raise ConfigError(
-                    "adapter.device_map offloaded part of the model to CPU or disk; the merge needs every "
-                    "weight in GPU memory: add GPUs, lower adapter.dtype, or set a max_memory-aware device_map"
-                )
-        try:
-            self.tokenizer = load_or_explain(
-                self.source_names[tokenizer_from], AutoTokenizer.from_pretrained, "tokenizer"
+            self.model = self._load(self.source_names[0]).to(self.device).eval()
+            return
+        self.model = self._load(self.source_names[0], device_map=device_map).eval()
+        if any(p.device.type == "meta" for p in self.model.parameters()):
+            raise ConfigError(
+                "adapter.device_map offloaded part of the model to CPU or disk; the merge needs every "
+                "weight in GPU memory: add GPUs, lower adapter.dtype, or set a max_memory-aware device_map"
             )
+
+    def _load_tokenizer(self, tokenizer_from: int, require_tokenizer: bool):
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = load_or_explain(self.source_names[tokenizer_from], AutoTokenizer.from_pretrained, "tokenizer")
         except ModelLoadError:
-            # A weights-only merge (evomm merge) needs no tokenizer; a search does.
-            if require_tokenizer:
+            if require_tokenizer:  # a weights-only merge (evomm merge) needs no tokenizer; a search does
                 raise
-            self.tokenizer = None
-        if self.tokenizer is not None and self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+            return None
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def _build_slots(self) -> None:
+        """One slot per parameter; sources (and base) stay on the CPU as plain tensors in storage dtype."""
         target_params = dict(self.model.named_parameters())
         shapes = {k: v.shape for k, v in target_params.items()}
 
-        # Sources (and base) are kept as plain tensors on the CPU in storage dtype; the module is dropped.
         def tensors_of(ref: str) -> dict[str, torch.Tensor]:
             if ref == self.source_names[0]:
                 return {k: v.detach().to("cpu", copy=True) for k, v in target_params.items()}
-            m = load(ref)
-            out = {k: v.detach() for k, v in m.named_parameters()}
+            out = {k: v.detach() for k, v in self._load(ref).named_parameters()}  # the module is dropped
             compare_shapes(self.source_names[0], shapes, ref, {k: v.shape for k, v in out.items()})
             return out
 
         sources = [tensors_of(r) for r in self.source_names]
         base_tensors = tensors_of(self.base_name) if self.base_name else None
-
         n_layers = int(self.model.config.num_hidden_layers)
         self._slots = [
             TensorSlot(

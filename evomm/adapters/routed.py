@@ -7,7 +7,7 @@ every parameter tensor with these models and is re-routed for every candidate, s
 costs no weight copy at all.
 
 A routed recipe is an ordinary recipe (how to build model A from its sources) plus
-``recipe.route``: the route models and the evolved path (``evomm.merging.dfs.Route``).
+``recipe.route``: the route models and the evolved path (``evomm.recipe.route.Route``).
 """
 
 from __future__ import annotations
@@ -18,22 +18,22 @@ from typing import Any
 from evomm.adapters.base import LLMHandle, VLMHandle
 from evomm.adapters.loading import check_ref, load_or_explain, resolve_ref
 from evomm.errors import ConfigError
-from evomm.merging.dfs import Route, RoutedCausalLM, check_routable, find_decoder_stack, save_routed
+from evomm.merging.dfs import RoutedCausalLM, check_routable, find_decoder_stack, save_routed
+from evomm.recipe.route import Route, route_of
 from evomm.merging.engine import materialize, write_source
-from evomm.merging.recipe import Recipe
-from evomm.merging.route_space import route_of
+from evomm.recipe.recipe import Recipe
 
 
 class RoutedAdapter:
     def __init__(self, inner: Any, route_models: list[str], ps_recipe: Recipe | None = None):
-        if inner.name not in ("llm", "vlm"):
+        if getattr(inner, "modality", None) not in ("llm", "vlm"):
             raise ConfigError(f"routing needs a decoder stack: the {inner.name} adapter has none; use llm or vlm")
         if not route_models:
             raise ConfigError("routing needs at least one model besides model A: list model B in adapter.models")
         for ref in route_models:
             check_ref(ref)
         self.inner = inner
-        self.name = inner.name
+        self.name, self.modality = inner.name, inner.modality
         self.route_models = [resolve_ref(r) for r in route_models]
         self._ps_applied: Any = None
         if ps_recipe is not None:

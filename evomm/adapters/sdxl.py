@@ -114,10 +114,27 @@ def _split_lora_ref(ref: str) -> tuple[str, dict[str, str]]:
     return ref, {}
 
 
+def _lora_by_index(lora: dict | None, n_models: int) -> dict[int, str]:
+    """``adapter.lora`` ({source index: LoRA file, folder or hub id}), checked."""
+    out: dict[int, str] = {}
+    for key, path in dict(lora or {}).items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"adapter.lora keys are source indices; got '{key}'") from None
+        if not 0 <= index < n_models:
+            raise ConfigError(f"adapter.lora index {index} is out of range for {n_models} models")
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"adapter.lora[{index}] must be a LoRA file, folder or hub id")
+        out[index] = path
+    return out
+
+
 class SDXLAdapter:
     """Merge SDXL UNets (and optionally text encoders); see the module docstring."""
 
     name = "sdxl"
+    modality = "sdxl"  # SDXLHandle
 
     def __init__(
         self,
@@ -147,17 +164,7 @@ class SDXLAdapter:
             check_ref(ref)
         if base is not None:
             check_ref(base, "base model")
-        self.lora: dict[int, str] = {}
-        for key, path in dict(lora or {}).items():
-            try:
-                index = int(key)
-            except (TypeError, ValueError):
-                raise ConfigError(f"adapter.lora keys are source indices; got '{key}'") from None
-            if not 0 <= index < len(models):
-                raise ConfigError(f"adapter.lora index {index} is out of range for {len(models)} models")
-            if not isinstance(path, str) or not path:
-                raise ConfigError(f"adapter.lora[{index}] must be a LoRA file, folder or hub id")
-            self.lora[index] = path
+        self.lora = _lora_by_index(lora, len(models))
         self.grouping = grouping
         self.components_from = components_from
         self.merge_text_encoders = bool(merge_text_encoders)
@@ -169,8 +176,20 @@ class SDXLAdapter:
         self.source_names = [resolve_ref(m) for m in models]
         self.base_name = resolve_ref(base) if base else None
 
-        # -- compatibility from configs / headers, before any weight is read -----------------
         refs = self.source_names + ([self.base_name] if self.base_name else [])
+        self._check_compatible(refs, components_from)
+        self._load_all(refs, components_from)
+        pipe = self.pipeline
+        if timestep_spacing:
+            scheduler_class = type(pipe.scheduler)
+            pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, timestep_spacing=timestep_spacing)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self._unet_groups = group_unet([n for n, _ in pipe.unet.named_parameters()], grouping)
+        self._slots: list[TensorSlot] | None = None
+
+    def _check_compatible(self, refs: list[str], components_from: int) -> None:
+        """Compatibility from configs / headers, before any weight is read."""
         shapes = [unet_shapes(r) for r in refs]
         for ref, other in zip(refs[1:], shapes[1:]):
             compare_shapes(refs[0], shapes[0], ref, other)
@@ -187,7 +206,9 @@ class SDXLAdapter:
                 "which has no text encoders / VAE; point it at a full SDXL pipeline"
             )
 
-        # -- load: sources' tensors to CPU, one pipeline resident ------------------------------
+
+    def _load_all(self, refs: list[str], components_from: int) -> None:
+        """Sources' (and the base's) tensors to CPU; one pipeline stays resident."""
         self._sources: list[dict[str, dict[str, torch.Tensor]]] = []
         self.pipeline: Any = None
         for i, ref in enumerate(self.source_names):
@@ -214,14 +235,6 @@ class SDXLAdapter:
                     shapes = {k: tuple(v.shape) for k, v in t[component].items()}
                     compare_shapes(f"{refs[0]} {component}", reference, f"{ref} {component}", shapes)
 
-        pipe = self.pipeline
-        if timestep_spacing:
-            scheduler_class = type(pipe.scheduler)
-            pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, timestep_spacing=timestep_spacing)
-        pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        self._unet_groups = group_unet([n for n, _ in pipe.unet.named_parameters()], grouping)
-        self._slots: list[TensorSlot] | None = None
 
     # ------------------------------------------------------------------------------ loading
 

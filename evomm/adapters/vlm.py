@@ -120,6 +120,7 @@ class VLMAdapter:
     """Merges the language model (and optionally projector / vision tower) of a LLaVA-style VLM."""
 
     name = "vlm"
+    modality = "vlm"  # VLMHandle
 
     def __init__(
         self,
@@ -151,27 +152,33 @@ class VLMAdapter:
         self.dtype = torch_dtype(dtype)
         self.device = pick_device(device)
 
-        # 1. Configs and layouts only (meta device): refuse mismatches before loading weights.
         refs = self.source_names + ([self.base_name] if self.base_name else [])
+        shown = list(models) + ([base] if base is not None else [])  # names as the user wrote them
+        configs, layouts, shapes = self._plan_merge(refs, shown)
+        self._load_target(configs[0])
+        self._build_slots(refs, configs, layouts, shapes)
+
+    def _plan_merge(self, refs: list[str], shown: list[str]):
+        """Configs and layouts only (meta device): refuse mismatches before loading weights."""
         configs = [load_config(r) for r in refs]
         if not is_vlm_config(configs[0]):
             raise ConfigError(
                 f"the first of adapter.models must be the VLM (LLaVA-style, with a vision_config); "
-                f"'{models[0]}' is a {getattr(configs[0], 'model_type', '?')} model"
+                f"'{shown[0]}' is a {getattr(configs[0], 'model_type', '?')} model"
             )
         self._kinds = ["vlm" if is_vlm_config(c) else "llm" for c in configs]
         metas = [_meta_model(c, k == "vlm") for c, k in zip(configs, self._kinds)]
         layouts = [_layout(m, k == "vlm", r) for m, k, r in zip(metas, self._kinds, refs)]
         shapes = [{n: t.shape for n, t in metas[0].named_parameters()}]  # target: tied ones once
         shapes += [{n: t.shape for n, t in _named_tensors(m).items()} for m in metas[1:]]
-        shown = list(models) + ([base] if base is not None else [])  # names as the user wrote them
         self._plan = self._check(shown, layouts, shapes)
-        del metas
+        return configs, layouts, shapes
 
-        # 2. The resident target (the VLM) and its processor.
+    def _load_target(self, config) -> None:
+        """The resident target (the VLM) and its processor."""
         from transformers import AutoProcessor
 
-        vlm_cls = _model_class(configs[0], True)
+        vlm_cls = _model_class(config, True)
         self.model = load_or_explain(
             self.source_names[0], lambda r: vlm_cls.from_pretrained(r, dtype=self.dtype), "VLM"
         ).to(self.device).eval()
@@ -180,7 +187,8 @@ class VLMAdapter:
         if tokenizer.pad_token is None:  # batched generation pads; Mistral tokenizers have no pad
             tokenizer.pad_token = tokenizer.eos_token
 
-        # 3. Source and base tensors (CPU, storage dtype); each source module is dropped after.
+    def _build_slots(self, refs, configs, layouts, shapes) -> None:
+        """Source and base tensors (CPU, storage dtype; each source module is dropped after), as slots."""
         target = dict(self.model.named_parameters())  # no tied duplicates: each element once
         self._check_loaded(refs[0], {n: t.shape for n, t in target.items()}, shapes[0])
         tensors = [{n: target[n].detach().to("cpu", copy=True) for n, *_ in self._plan}]

@@ -45,8 +45,6 @@ JA_SYSTEM_PROMPT = (
 )
 
 BUILTIN_PREFIX = "builtin:"
-# built-in data set name -> kind for evomm.toy.tiny_vqa.write_tiny_vqa
-BUILTIN_DATASETS = {"tiny-vqa": "ja_vg_vqa", "tiny-vlm-bench": "ja_vlm_bench"}
 
 VG_FIELDS = ("image_id", "image", "qas")
 BENCH_FIELDS = ("image", "question", "answer")
@@ -80,15 +78,9 @@ def resolve_dataset(ref: str) -> str:
         raise ConfigError(f"dataset must be a hub id or a local folder, got {ref!r}")
     if not ref.startswith(BUILTIN_PREFIX):
         return ref
-    name = ref[len(BUILTIN_PREFIX):]
-    if name not in BUILTIN_DATASETS:
-        known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_DATASETS)
-        raise ConfigError(f"unknown built-in dataset '{ref}'; known: {known}")
-    from evomm.builtin import build_once, evomm_home
-    from evomm.toy.tiny_vqa import write_tiny_vqa
+    from evomm import builtin  # the toy world registers the built-in data sets there
 
-    out = evomm_home() / "data" / name
-    return str(build_once(out, lambda tmp: write_tiny_vqa(tmp, kind=BUILTIN_DATASETS[name])))
+    return builtin.resolve_dataset(ref)
 
 
 # -- raw records ---------------------------------------------------------------------------------

@@ -32,11 +32,12 @@ from typing import Callable
 
 import torch
 
-from evomm.adapters.base import TensorSlot
+from evomm.merging.slots import TensorSlot
 from evomm.adapters.loading import compare_shapes, pick_device, resolve_ref, torch_dtype
 from evomm.errors import ConfigError
 from evomm.merging.engine import materialize
-from evomm.merging.recipe import Recipe
+from evomm.merging.methods import get_method
+from evomm.recipe.recipe import Recipe
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -269,7 +270,7 @@ def stream_merge(
     files = _local_checkpoints(recipe)
     if isinstance(files, str):
         raise NotStreamable(f"this recipe cannot be streamed: {files}")
-    from evomm.adapters.llm import check_llm_configs, group_t, llm_group
+    from evomm.adapters.llm import check_llm_configs
 
     max_bytes = parse_size(max_shard_size)
     options = recipe.adapter_options
@@ -285,6 +286,7 @@ def stream_merge(
     layout = _layout(config, set(files[0]))
     if isinstance(layout, str):
         raise NotStreamable(f"this recipe cannot be streamed: {layout}")
+    _check_every_tensor(recipe, layout)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,57 +299,16 @@ def stream_merge(
         for name in layout.order:
             stored = readers[0]._handle(name).get_slice(name).get_dtype()
             floating = stored in ("F32", "F16", "BF16", "F64")
-            out_dtype = dtype if floating else _torch_dtype_of(stored)
-            entries.append((name, out_dtype, shapes[0][name]))
+            entries.append((name, dtype if floating else _torch_dtype_of(stored), shapes[0][name]))
         shards = _shards(entries, max_bytes)
         names = (
             [SINGLE_FILE] if len(shards) == 1
             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         )
-        n_sources = len(models)
-
-        def merged(name: str, out_dtype: torch.dtype) -> torch.Tensor:
-            if name not in layout.merged:  # a persistent buffer: the target's (source 0's)
-                return readers[0].tensor(name).to(out_dtype)
-            # As from_pretrained(dtype=...) loads them: each source cast to the adapter dtype.
-            tensors = [r.tensor(name).to(dtype) for r in readers]
-            group = llm_group(name)
-            target = torch.empty(tensors[0].shape, dtype=dtype, device=compute)
-            slot = TensorSlot(
-                name=name, group=group, t=group_t(group, layout.n_layers), target=target,
-                sources=tensors[:n_sources], base=tensors[n_sources] if base else None,
-            )
-            materialize([slot], recipe, threads=1)
-            return target
-
-        # CPU: as many workers as torch has threads, each merging one tensor single-threaded and
-        # writing it to its place in its shard; peak memory stays one tensor per source and worker.
-        workers = max(1, torch.get_num_threads()) if compute.type == "cpu" else 1
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ExitStack() as files_open, ThreadPoolExecutor(max_workers=workers) as pool:
-                writers = []
-                for file_name, shard in zip(names, shards):
-                    writers.append(_ShardWriter(out_dir / file_name, shard))
-                    files_open.callback(writers[-1].close)
-
-                def merge_and_write(writer: _ShardWriter, name: str, out_dtype: torch.dtype) -> None:
-                    writer.write(name, merged(name, out_dtype))
-
-                futures = [pool.submit(merge_and_write, writer, name, out_dtype)
-                           for writer, shard in zip(writers, shards) for name, out_dtype, _ in shard]
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-            for file_name in names:
-                log(f"  wrote {file_name}")
-        finally:
-            torch.set_num_threads(previous)
+        merge = _TensorMerge(recipe, layout, readers, dtype, compute, n_sources=len(models), has_base=bool(base))
+        _write_shards(out_dir, names, shards, merge, workers=max(1, torch.get_num_threads()) if compute.type == "cpu" else 1)
+        for file_name in names:
+            log(f"  wrote {file_name}")
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": sum(_numel(s) * torch.empty((), dtype=d).element_size() for _, d, s in entries)},
@@ -356,6 +317,81 @@ def stream_merge(
             (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     _copy_side_files(Path(models[0]), Path(models[tokenizer_from]), out_dir, dtype)
     return out_dir
+
+
+def _check_every_tensor(recipe: Recipe, layout: _Layout) -> None:
+    """Every merged tensor's parameters, checked before anything is read or written (a check
+    across parameters, such as DELLA's density +/- epsilon, depends on the layer's values)."""
+    from evomm.adapters.llm import group_t, llm_group
+
+    spec = get_method(recipe.method)
+    n, seen = len(recipe.models), set()
+    for name in layout.order:
+        if name not in layout.merged:
+            continue
+        group = llm_group(name)
+        params = recipe.params_for(group, name, group_t(group, layout.n_layers))
+        key = repr(sorted(params.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            spec.check_params(spec.with_defaults(params, n), n)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (tensor {name}, group {group})") from None
+
+
+class _TensorMerge:
+    """One tensor's merge from the open checkpoints (a persistent buffer: source 0's copy)."""
+
+    def __init__(self, recipe: Recipe, layout: _Layout, readers: list[_Reader], dtype: torch.dtype,
+                 compute: torch.device, n_sources: int, has_base: bool):
+        self.recipe, self.layout, self.readers, self.dtype = recipe, layout, readers, dtype
+        self.compute, self.n_sources, self.has_base = compute, n_sources, has_base
+
+    def __call__(self, name: str, out_dtype: torch.dtype) -> torch.Tensor:
+        from evomm.adapters.llm import group_t, llm_group
+
+        if name not in self.layout.merged:  # a persistent buffer: the target's (source 0's)
+            return self.readers[0].tensor(name).to(out_dtype)
+        # As from_pretrained(dtype=...) loads them: each source cast to the adapter dtype.
+        tensors = [r.tensor(name).to(self.dtype) for r in self.readers]
+        group = llm_group(name)
+        target = torch.empty(tensors[0].shape, dtype=self.dtype, device=self.compute)
+        slot = TensorSlot(
+            name=name, group=group, t=group_t(group, self.layout.n_layers), target=target,
+            sources=tensors[:self.n_sources], base=tensors[self.n_sources] if self.has_base else None,
+        )
+        materialize([slot], self.recipe, threads=1)
+        return target
+
+
+def _write_shards(out_dir: Path, names: list[str], shards: list[list], merge: _TensorMerge, workers: int) -> None:
+    """CPU: as many workers as torch has threads, each merging one tensor single-threaded and
+    writing it to its place in its shard; peak memory stays one tensor per source and worker."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ExitStack() as files_open, ThreadPoolExecutor(max_workers=workers) as pool:
+            writers = []
+            for file_name, shard in zip(names, shards):
+                writers.append(_ShardWriter(out_dir / file_name, shard))
+                files_open.callback(writers[-1].close)
+
+            def merge_and_write(writer: _ShardWriter, name: str, out_dtype: torch.dtype) -> None:
+                writer.write(name, merge(name, out_dtype))
+
+            futures = [pool.submit(merge_and_write, writer, name, out_dtype)
+                       for writer, shard in zip(writers, shards) for name, out_dtype, _ in shard]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _torch_dtype_of(name: str) -> torch.dtype:

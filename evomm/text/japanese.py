@@ -1,4 +1,9 @@
-"""Script-based language checks shared by the Japanese tasks."""
+"""Script-based Japanese checks (kana and kanji shares), for quick looks at text.
+
+Not the scoring rule: the Japanese tasks decide "is this Japanese?" with fastText lid.176, as the
+paper's evaluation does (``evomm.text.langid``); a script check disagrees with it on short or
+half-width text (``ｶﾒﾗ`` is Japanese script but not Japanese to lid.176).
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,8 @@ def japanese_ratio(text: str) -> float:
 def is_japanese(text: str, min_ratio: float = 0.5) -> bool:
     """True when most letters are Japanese script.
 
-    Pure kanji text is also Chinese; we accept it because the tasks only ask "is this Japanese
-    rather than English", which is what the paper's rule guards against. Text with no letters
-    (e.g. a bare number) is not Japanese.
+    Pure kanji text is also Chinese; it counts here. Text with no letters (e.g. a bare number) is
+    not Japanese.
     """
     return japanese_ratio(text) >= min_ratio
 

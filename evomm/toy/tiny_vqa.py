@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from evomm.builtin import DATASETS
+
 SIZE = 32
 BACKGROUND = (128, 128, 128)
 
@@ -120,3 +122,9 @@ def write_tiny_vqa(
             lines.append(json.dumps(record, ensure_ascii=False))
         (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out
+
+
+# The built-in data sets (``dataset: builtin:tiny-vqa`` in a task config).
+BUILTIN_DATASETS = {"tiny-vqa": "ja_vg_vqa", "tiny-vlm-bench": "ja_vlm_bench"}
+for _name, _kind in BUILTIN_DATASETS.items():
+    DATASETS.add(_name, lambda out, kind=_kind: write_tiny_vqa(out, kind=kind))

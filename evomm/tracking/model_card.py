@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
+from evomm.tracking.results import results_markdown
 
 # Licences of the paper's source models as their hub model cards give them. A table, not a
 # lookup: a card can change, and a local README.md or config always wins over this.
@@ -112,14 +113,9 @@ def task_splits(task_name: str | None) -> tuple[str | None, str | None]:
     if not task_name:
         return None, None
     try:
-        import importlib
+        from evomm import plugins
 
-        import tasks
-
-        module = tasks._MODULES.get(task_name)
-        if module is not None:
-            importlib.import_module(module)
-        cls = tasks.TASKS.get(task_name)
+        cls = plugins.load_class("task", task_name)
         return getattr(cls, "fitness_split", None), getattr(cls, "heldout_split", None)
     except Exception:  # noqa: BLE001 - an unknown task still gets a card
         return None, None
@@ -146,17 +142,25 @@ def _history_facts(run_dir: Path) -> dict[str, Any]:
 
 
 def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> str:
-    from evomm.evaluation import results_markdown
-
-    run_dir = Path(run_dir)
-    config = config or {}
+    run_dir, config = Path(run_dir), config or {}
     refs = [("source " + str(i), m) for i, m in enumerate(recipe.models)]
     if recipe.base:
         refs.append(("base", recipe.base))
     if recipe.route:
         refs += [(f"route model {i + 1}", m) for i, m in enumerate(recipe.route.get("models") or [])]
     licenses = {ref: source_license(ref) for _, ref in refs}
+    task = config.get("task") or {}
+    task_ref = task.get("_target_") or task.get("name")
+    fit_split, held_split = task_splits(task_ref)
+    lines = _front_matter(recipe, refs, licenses)
+    lines += _sources(recipe, refs, licenses, config.get("experiment_name") or run_dir.name)
+    lines += _method(recipe, config.get("merge") or {})
+    lines += _search(run_dir, config, task_ref, fit_split, held_split)
+    lines += _recipe_results_rebuild(recipe, rows, held_split)
+    return "\n".join(lines) + "\n"
 
+
+def _front_matter(recipe: Recipe, refs: list, licenses: dict) -> list[str]:
     meta: dict[str, Any] = {}
     known = {lic for lic, _ in licenses.values()}
     if len(known) == 1 and "unknown" not in known and not next(iter(known)).startswith("other"):
@@ -173,10 +177,11 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
     if recipe.route is not None:
         tags.append("dfs")
     meta["tags"] = list(dict.fromkeys(tags))
+    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
 
-    title = config.get("experiment_name") or run_dir.name
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
-    lines += [
+
+def _sources(recipe: Recipe, refs: list, licenses: dict, title: str) -> list[str]:
+    lines = [
         f"# {title}",
         "",
         f"{_KINDS.get(recipe.adapter, 'A model')} merged by evolution with evomm: an evolution strategy searched the "
@@ -192,17 +197,14 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
     for role, ref in refs:
         lic, where = licenses[ref]
         lines.append(f"| {role} | `{ref}` | {lic}{f' ({where})' if where else ''} |")
-    lines += [
-        "",
-        "The merged weights derive from every model above: each source's licence applies to them.",
-        "",
-        "## Method",
-        "",
-        f"- merge method: `{recipe.method}`",
-    ]
+    lines += ["", "The merged weights derive from every model above: each source's licence applies to them.", ""]
+    return lines
+
+
+def _method(recipe: Recipe, merge_cfg: dict) -> list[str]:
+    lines = ["## Method", "", f"- merge method: `{recipe.method}`"]
     if recipe.method_params:
         lines.append("- method-wide parameters: " + ", ".join(f"`{k}={v}`" for k, v in recipe.method_params.items()))
-    merge_cfg = config.get("merge") or {}
     if merge_cfg.get("granularity"):
         granularity = f"`{merge_cfg['granularity']}`"
         if merge_cfg["granularity"] != "model":
@@ -219,15 +221,18 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
         lines.append(f"- route: {len(steps)} layer steps through model A and {n_route} route model(s)")
     if recipe.method in ("dare_ties", "dare_linear", "della"):
         lines.append(f"- random drop masks seeded by the recipe's seed ({recipe.seed})")
+    return lines
 
+
+def _search(run_dir: Path, config: dict, task_ref: str | None, fit_split: str | None, held_split: str | None) -> list[str]:
     facts = _history_facts(run_dir)
     opt = config.get("optimizer") or {}
     task = config.get("task") or {}
-    fit_split, held_split = task_splits(task.get("name"))
-    lines += ["", "## Search", ""]
-    if opt.get("name"):
+    lines = ["", "## Search", ""]
+    opt_ref = opt.get("_target_") or opt.get("name")
+    if opt_ref:
         extra = ", ".join(f"{k} {opt[k]}" for k in ("sigma0", "x0") if opt.get(k) is not None)
-        lines.append(f"- optimizer: `{opt['name']}`" + (f" ({extra})" if extra else ""))
+        lines.append(f"- optimizer: `{opt_ref}`" + (f" ({extra})" if extra else ""))
     generations = facts.get("generations", opt.get("generations"))
     popsize = facts.get("popsize", opt.get("popsize"))
     if generations is not None:
@@ -237,17 +242,21 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
                      + (f", best search fitness {facts['best']:.4f}" if facts.get("best") is not None else ""))
     if "seed" in config:
         lines.append(f"- seed: {config['seed']}")
-    if task.get("name"):
-        lines.append(f"- task: `{task['name']}`")
+    if task_ref:
+        lines.append(f"- task: `{task_ref}`")
         if fit_split or held_split:
             lines.append(f"- fitness split: `{fit_split}`; results on the held-out split `{held_split}`")
-        data = {k: v for k, v in task.items() if k != "name" and ("dataset" in k or k.endswith("samples")) and v is not None}
+        data = {k: v for k, v in task.items()
+                if k not in ("name", "_target_") and ("dataset" in k or k.endswith("samples")) and v is not None}
         if data:
             lines.append("- data: " + ", ".join(f"{k}={v}" for k, v in data.items()))
     if config.get("allow_heldout_fitness"):
         lines.append("- WARNING: the search was allowed to evolve on the held-out split (allow_heldout_fitness=true)")
+    return lines
 
-    lines += [
+
+def _recipe_results_rebuild(recipe: Recipe, rows: list[dict], held_split: str | None) -> list[str]:
+    lines = [
         "",
         "## Recipe",
         "",
@@ -257,9 +266,7 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
         "",
         "## Results" + (f" (held-out split `{held_split}`)" if held_split else ""),
         "",
-    ]
-    lines.append(results_markdown(rows).rstrip() if rows else "No final evaluation was run.")
-    lines += [
+        results_markdown(rows).rstrip() if rows else "No final evaluation was run.",
         "",
         "## Rebuild",
         "",
@@ -273,10 +280,8 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
         "",
     ]
     if recipe.adapter == "llm" and recipe.route is None:
-        lines += [
-            "`evomm export-mergekit best_recipe.yaml -o mergekit.yaml` writes the same merge as a mergekit config.",
-        ]
-    return "\n".join(lines) + "\n"
+        lines.append("`evomm export-mergekit best_recipe.yaml -o mergekit.yaml` writes the same merge as a mergekit config.")
+    return lines
 
 
 def write_model_card(run_dir: str | Path, recipe: Recipe, rows: list[dict], config: dict) -> Path:

@@ -79,7 +79,7 @@ def recipe_matrix(recipe) -> tuple[list[str], list[str], list[list[Any]]]:
     the value as written (a number, or a gradient / condition list), ``None`` where the entry
     does not set that parameter.
     """
-    from evomm.merging.recipe import per_source_params
+    from evomm.recipe.recipe import per_source_params
 
     try:
         per_source = per_source_params(recipe.method)

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from evomm.evolution.checkpoint import SearchState
+from evomm.search.checkpoint import SearchState
 
 
 class Progress:

@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from evomm.errors import ConfigError
-from evomm.merging.recipe import Recipe
+from evomm.recipe.recipe import Recipe
+from evomm.tracking.pareto_report import front_table, read_front
 
 HISTORY, RECIPE, RESULTS, BEST_FILE = "history.jsonl", "best_recipe.yaml", "results.json", "best.json"
 
@@ -210,7 +211,7 @@ def _cell(value: Any) -> str:
 
 
 def summary_text(run: RunRecord) -> str:
-    from evomm.evaluation import results_markdown
+    from evomm.tracking.results import results_markdown
 
     h, recipe = run.history, run.recipe
     best = run.best
@@ -235,6 +236,10 @@ def summary_text(run: RunRecord) -> str:
     else:
         lines.append("best fitness: - (no candidate scored)")
     lines += ["", "## best recipe", recipe_table(recipe), ""]
+    front = read_front(run.run_dir)
+    if front:  # several objectives: every member's recipe file rebuilds with evomm merge
+        lines += [f"## Pareto front ({len(front)} member(s); evomm merge <run>/<recipe> OUT rebuilds one)",
+                  front_table(front, run.rows), ""]
     if run.rows:
         lines += ["## results (held-out split)", results_markdown(run.rows)]
     else:
@@ -252,7 +257,7 @@ def write_plots(run: RunRecord) -> list[Path]:
     if heatmap is not None:
         written.append(heatmap)
     if run.recipe.route is not None:
-        from evomm.merging.route_space import route_of
+        from evomm.recipe.route import route_of
         from evomm.tracking.route_plot import plot_route
 
         names = ["A", *run.recipe.route.get("models", [])]

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 
-from evomm.merging.dfs import Route  # noqa: E402
+from evomm.recipe.route import Route  # noqa: E402
 
 
 def plot_route(route: Route, out_path: str | Path, source_names: Sequence[str] | None = None) -> Path:

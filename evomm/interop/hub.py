@@ -84,7 +84,7 @@ def find_token() -> str | None:
 
 def _write_card_from_run(run_dir: Path) -> Path:
     """A model card from what the run directory holds (the run itself writes a fuller one)."""
-    from evomm.merging.recipe import Recipe
+    from evomm.recipe.recipe import Recipe
     from evomm.tracking.model_card import write_model_card
     from evomm.tracking.report import read_results_file, read_run_config
 

@@ -125,6 +125,18 @@ class Recipe:
         return copy.deepcopy(self)
 
 
+def baseline_recipe(template: Recipe, method: str, params: dict[str, Any]) -> Recipe:
+    """A hand-set merge: the same value for every source and every tensor."""
+    n = len(template.models)
+    recipe = template.copy()
+    recipe.method = method
+    recipe.method_params = {}
+    recipe.route = None
+    per_source = per_source_params(method)
+    recipe.entries = [Entry(params={k: ([float(v)] * n if k in per_source else v) for k, v in params.items()})]
+    return recipe
+
+
 def per_source_params(method: str) -> set[str]:
     """Parameters that take one value per source model (``weight``, ``density``, ...)."""
     from evomm.merging.methods import get_method  # methods import nothing from here; keep it lazy
@@ -215,12 +227,16 @@ def _leaves(setting: Any) -> list[Any]:
 
 def check_recipe(recipe: Recipe) -> None:
     """Validate a whole recipe before any model loads: names, counts and every parameter value."""
-    from evomm.adapters import adapter_names
+    from evomm import plugins
     from evomm.errors import UnknownNameError
     from evomm.merging.methods import get_method
 
-    if recipe.adapter not in adapter_names():
-        raise UnknownNameError(f"unknown adapter '{recipe.adapter}'; known adapters: {', '.join(adapter_names())}")
+    # A user's adapter is recorded by its import path; only a bare name must be a built-in.
+    if not isinstance(recipe.adapter, str) or ("." not in recipe.adapter and recipe.adapter not in plugins.names("adapter")):
+        raise UnknownNameError(
+            f"unknown adapter '{recipe.adapter}'; built-in adapters: {', '.join(plugins.names('adapter'))}, "
+            "or the import path of your own adapter class"
+        )
     if not isinstance(recipe.method, str):
         raise ConfigError(f"recipe key 'method' must be a merge method name, got {recipe.method!r}")
     spec = get_method(recipe.method)
@@ -256,7 +272,7 @@ def check_recipe(recipe: Recipe) -> None:
     for i, entry in enumerate(recipe.entries):
         check(entry.params, f"entry {i}")
     if recipe.route is not None:
-        from evomm.merging.route_space import route_of
+        from evomm.recipe.route import route_of
 
         route_of(recipe)
         models = recipe.route.get("models")

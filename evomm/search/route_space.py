@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evomm.errors import ConfigError
-from evomm.merging.dfs import Route, decode_route, encode_route, initial_vector, route_dim
-from evomm.merging.recipe import Recipe
+from evomm.recipe.route import Route, decode_route, encode_route, initial_vector, route_dim, route_of
+from evomm.recipe.recipe import Recipe
 
 
 @dataclass
@@ -64,10 +64,3 @@ class RouteSpace:
                     out[f"W/{i}{j}"] = round(float(value), 6)
         out["route/steps"] = " ".join(f"{m}:{layer}" for m, layer in route.steps)  # type: ignore[assignment]
         return out
-
-
-def route_of(recipe: Recipe) -> Route:
-    """The Route stored in a recipe (``recipe.route`` also names the route models)."""
-    if not isinstance(recipe.route, dict):
-        raise ConfigError("the recipe has no route")
-    return Route.from_dict({k: v for k, v in recipe.route.items() if k != "models"})

@@ -27,15 +27,8 @@ from evomm.generation import generate_texts
 from evomm.toy import world
 from evomm.toy.tokenizer import build_tokenizer
 
-MODELS_DIR = Path(__file__).parent / "models" / "llm"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "evomm" / "toy" / "models" / "llm"
 MODEL_NAMES = ("base", "ja", "math")
-
-
-def toy_llm_path(name: str) -> Path:
-    """Folder of a shipped toy model (``base``, ``ja`` or ``math``), loadable by from_pretrained."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown toy model '{name}'; known: {', '.join(MODEL_NAMES)}")
-    return MODELS_DIR / name
 
 
 def toy_llama_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:

@@ -12,9 +12,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from evomm.evolution.checkpoint import SearchState
-from evomm.evolution.optimizers import Optimizer
-from evomm.adapters.base import apply_recipe
+from evomm.search.checkpoint import SearchState
+from evomm.search.objectives import vector_losses
+from evomm.search.optimizers import Optimizer
+from evomm.adapters.apply import apply_recipe
 
 
 class SearchFailed(RuntimeError):
@@ -42,8 +43,8 @@ class Problem:
             self.task.resample(sample)
         try:
             apply_recipe(self.adapter, self.space.decode(x))
-            metrics = {k: float(v) for k, v in self.task.evaluate(self.adapter.handle(), self.split).items()
-                       if k != "item_scores"}  # per-item scores: a list, not a metric
+            result = self.task.evaluate(self.adapter.handle(), self.split)
+            metrics = {k: float(v) for k, v in result.items() if k != "item_scores"}
             if not math.isfinite(metrics["fitness"]):
                 raise FloatingPointError(f"fitness is {metrics['fitness']}")
             entry.update(fitness=metrics["fitness"], metrics=metrics, error=None)
@@ -144,7 +145,7 @@ def search(
 
     ``evaluate_population(xs, sample)`` maps a population to history entries; the default
     evaluates in this process, a distributed run passes one that spreads the population over
-    ranks (see ``evomm.evolution.distributed``). With ``cache`` a candidate whose recipe was
+    ranks (see ``evomm.search.distributed``). With ``cache`` a candidate whose recipe was
     already scored is not evaluated again (:class:`FitnessCache`, rebuilt from ``state.history``).
 
     With ``problem.resample`` generation g scores on fitness sample g, and the best recipe so far
@@ -171,7 +172,10 @@ def search(
         # Maximisation is stated here, once: the optimizer minimises loss = -fitness. A failed
         # candidate ranks just below the worst success of its generation.
         worst_loss = -min(scored) + 1.0
-        optimizer.tell(xs, [worst_loss if e["fitness"] is None else -e["fitness"] for e in entries])
+        if getattr(optimizer, "multi_objective", False):  # one loss per objective (see objectives.py)
+            optimizer.tell(xs, vector_losses(problem.task, entries))
+        else:
+            optimizer.tell(xs, [worst_loss if e["fitness"] is None else -e["fitness"] for e in entries])
         state.history.extend(entries)
         for entry in entries:
             if entry["fitness"] is not None and (state.best is None or entry["fitness"] > state.best["fitness"]):

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from evomm.errors import ConfigError
-from evomm.merging.recipe import Entry, Recipe, check_recipe
+from evomm.recipe.recipe import Entry, Recipe, check_recipe
 
 # Methods mergekit 0.1.5 has under the same name and with the same semantics as evomm's.
 MERGEKIT_METHODS = (

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from evomm.errors import ConfigError
-from evomm.merging.recipe import Entry, Recipe, per_source_params
+from evomm.recipe.recipe import Entry, Recipe, per_source_params
 
 GRANULARITIES = ("model", "layer", "layer_filter")
 

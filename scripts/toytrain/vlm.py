@@ -31,7 +31,7 @@ import torch
 
 from evomm.toy import vlm_world as world
 
-MODELS_DIR = Path(__file__).parent / "models" / "vlm"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "evomm" / "toy" / "models" / "vlm"
 MODEL_NAMES = ("base", "ja", "llava")  # the shipped models
 
 # -- tokenizer and processor -------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Edges to other tools: mergekit configs in and out, and the Hugging Face hub."""

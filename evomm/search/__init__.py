@@ -1,0 +1,1 @@
+"""The search: x <-> recipe spaces, the ask/tell loop, optimizers, checkpoints, distributed evaluation."""
