@@ -98,6 +98,9 @@ VARIANTS: dict[str, Variant] = {
     "v9": Variant(V8, _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1},
                               ja_mix={**JA_MIX, "japanese_arith_bridge": 1}), hidden=96,
                   note="v8 with hidden 96"),
+    "v10": Variant(Design(name="v10", inline=True),
+                   _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1}),
+                   note="v7, but the Japanese expert sees no arithmetic (Japanese text and Q/A only)"),
 }
 DEFAULT_VARIANT = "v7"  # the shipped models
 
