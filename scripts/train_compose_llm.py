@@ -101,6 +101,13 @@ VARIANTS: dict[str, Variant] = {
     "v10": Variant(Design(name="v10", inline=True),
                    _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1}),
                    note="v7, but the Japanese expert sees no arithmetic (Japanese text and Q/A only)"),
+    "v11": Variant(Design(name="v11", inline=True, operands=13, math_operands=13),
+                   _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1},
+                           ja_mix={**JA_MIX, "japanese_arith_bridge": 1}),
+                   note="v7 with operands 0-12: twice the target items (less room to over-fit)"),
+    "v12": Variant(DEFAULT, _stages(base_mix={**BASE_MIX, "japanese_arith_bridge": 1, "mixed_arith_bridge": 1},
+                                    ja_mix={**JA_MIX, "japanese_arith_bridge": 1}, ft_steps=100),
+                   note="v7 with half-length fine-tunes (smaller task vectors, less interference)"),
 }
 DEFAULT_VARIANT = "v7"  # the shipped models
 
