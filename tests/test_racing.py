@@ -150,3 +150,11 @@ def test_racing_with_a_multi_objective_optimizer_is_refused_by_the_config_check(
     c = OmegaConf.to_container(compose(["experiment=smoke_llm", "optimizer=nsga2", "fitness.racing=true"]), resolve=True)
     with pytest.raises(ConfigError, match="multi-objective"):
         validate_config(c)
+
+
+def test_items_saved_are_described_plainly():
+    from evomm.search.scoring import describe_items, saving
+
+    assert saving(100, 100) == "a full evaluation"
+    assert saving(100, 25) == "4.0x fewer"
+    assert describe_items(20, 100, extra=5) == "25 of 100 items (4.0x fewer)"

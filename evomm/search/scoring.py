@@ -146,8 +146,14 @@ def describe_items(scored: int, full: int, extra: int = 0) -> str:
     total = scored + extra
     if not full:
         return f"{total} items"
-    ratio = full / total if total else float("inf")
-    return f"{total} of {full} items ({ratio:.1f}x fewer)"
+    return f"{total} of {full} items ({saving(full, total)})"
+
+
+def saving(full: int, total: int) -> str:
+    """How many times fewer items than a full evaluation; 'a full evaluation' when none were saved."""
+    if total >= full:
+        return "a full evaluation"
+    return f"{full / total:.1f}x fewer" if total else "none scored"
 
 
 def annotate(entry: dict[str, Any], items_full: int) -> dict[str, Any]:

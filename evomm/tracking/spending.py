@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from evomm.search.scoring import saving
 from evomm.search.selection import SELECTION_FILE
 
 
@@ -29,8 +30,8 @@ def spending_lines(run_dir: Path, history: list[dict]) -> list[str]:
     selection = selection_record(run_dir)
     choosing = int(selection.get("items_scored", 0)) if selection else 0
     total = scored + choosing
-    ratio = f"{full / total:.1f}x fewer" if total else "none"
-    lines = [f"fitness items scored: {total} of the {full} a full evaluation of every candidate needs ({ratio})"]
+    lines = [f"fitness items scored: {total} of the {full} a full evaluation of every candidate needs "
+             f"({saving(full, total)})"]
     stopped = sum(bool(h.get("stopped_early")) for h in history)
     if stopped or any("stopped_early" in h for h in history):
         lines.append(f"candidates stopped early by racing: {stopped} of {len(history)}")
