@@ -73,7 +73,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export_mergekit(args: argparse.Namespace) -> int:
     from evomm.interop.mergekit_export import export_mergekit
 
-    text = export_mergekit(args.recipe, out=args.out)
+    text = export_mergekit(args.recipe, out=args.out, local_paths=args.local_paths)
     if args.out is None:
         print(text, end="")
     else:
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-mergekit", help="write a text-LLM recipe as a mergekit YAML config")
     p.add_argument("recipe", help="best_recipe.yaml, or the run directory that holds it")
     p.add_argument("-o", "--out", default=None, help="output file (default: print to stdout)")
+    p.add_argument("--local-paths", action="store_true",
+                   help="write built-in models as this machine's folders (runnable by mergekit here) "
+                        "instead of builtin:<name>")
     p.set_defaults(func=cmd_export_mergekit)
 
     p = sub.add_parser("push", help="upload a run's merged model, card, recipe and results to the Hugging Face hub")

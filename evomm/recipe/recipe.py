@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from evomm.builtin import portable_data
 from evomm.errors import ConfigError
 
 RECIPE_VERSION = 1
@@ -84,7 +85,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["entries"] = [_entry_to_dict(e) for e in self.entries]
-        return {"evomm_recipe": RECIPE_VERSION, **d}
+        # Built-in models are written as builtin:<name>, never as this machine's cache path.
+        return {"evomm_recipe": RECIPE_VERSION, **portable_data(d)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
