@@ -59,22 +59,24 @@ def resolve(ref: str) -> str:
     """Return a loadable path for ``builtin:<name>`` (building it once); other refs unchanged."""
     if not is_builtin(ref):
         return ref
-    name = ref[len(PREFIX):]
+    name, _, inside = ref[len(PREFIX):].partition("/")  # builtin:<name>/<file>: a file inside it
     _load_builders()
     builder = BUILDERS.get(name)
-    return str(build_once(evomm_home() / "models" / name, builder))
+    folder = build_once(evomm_home() / "models" / name, builder)
+    return str(folder / inside) if inside else str(folder)
 
 
 def portable(ref):
-    """``builtin:<name>`` for the cache folder of a built-in model; any other value unchanged."""
+    """``builtin:<name>`` for the cache folder of a built-in model (``builtin:<name>/<file>`` for
+    a file inside it); any other value unchanged."""
     if not isinstance(ref, str) or is_builtin(ref) or not ref:
         return ref
     models = evomm_home() / "models"
     for root in dict.fromkeys((str(models), os.path.realpath(models))):
         if ref.startswith(root + os.sep):
-            name = ref[len(root) + 1:].rstrip(os.sep)
-            if name and os.sep not in name:
-                return PREFIX + name
+            inside = ref[len(root) + 1:].rstrip(os.sep)
+            if inside:
+                return PREFIX + inside.replace(os.sep, "/")
     return ref
 
 

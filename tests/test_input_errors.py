@@ -76,10 +76,8 @@ def test_online_hub_id_is_probed_once(tmp_path, no_model_load, monkeypatch, answ
 
 
 def test_a_cached_hub_id_is_not_probed(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
     (tmp_path / "hub" / "models--me--cached" / "snapshots" / "abc").mkdir(parents=True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(availability, "probe_hub", lambda *a, **k: pytest.fail("cached: no probe"))
     availability.check_available("me/cached", modality="llm")
@@ -113,3 +111,124 @@ def test_every_candidate_failing_is_one_error_with_the_first_error(tmp_path, mon
     message = str(info.value)
     assert "every candidate of generation 0 failed; first error: RuntimeError: the merge broke;" in message
     assert "second line" not in message and "history.jsonl" in message
+
+
+def test_meaning_changing_config_differences_warn_once_and_are_recorded(tmp_path, capsys):
+    import json
+    import shutil
+
+    from evomm import builtin
+    from evomm.adapters.llm import LLMAdapter
+    from evomm.tracking.model_card import card_text
+    from evomm.recipe.recipe import Recipe
+
+    other = tmp_path / "other-rope"
+    shutil.copytree(builtin.resolve("builtin:tiny-llm-b"), other)
+    config = json.loads((other / "config.json").read_text())
+    config["rope_parameters"]["rope_theta"] = 1000000.0
+    config["rms_norm_eps"] = 1e-5
+    (other / "config.json").write_text(json.dumps(config))
+    for _ in range(2):
+        adapter = LLMAdapter(models=["builtin:tiny-llm-a", str(other)], base="builtin:tiny-llm-base", device="cpu")
+    found = adapter.notes()["config_differences"]
+    assert found["rms_norm_eps"] == {"builtin:tiny-llm-a": 1e-6, str(other): 1e-5, "builtin:tiny-llm-base": 1e-6}
+    assert found["rope_parameters"][str(other)]["rope_theta"] == 1000000.0
+    assert "sliding_window" not in found and "hidden_act" not in found
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("evomm: warning:")]
+    assert len(warnings) == 1 and "rms_norm_eps" in warnings[0] and "rope_parameters" in warnings[0]
+
+    recipe = Recipe(adapter="llm", method="linear", models=["builtin:tiny-llm-a", str(other)],
+                    entries=[], notes=adapter.notes())
+    card = card_text(tmp_path, recipe, [], {})
+    assert "## Config differences between the sources" in card and "| `rms_norm_eps` |" in card
+    same = LLMAdapter(models=["builtin:tiny-llm-a", "builtin:tiny-llm-b"], device="cpu")
+    assert same.notes() == {}
+
+
+@pytest.mark.parametrize("run_fixture", ["smoke_run", "vlm_run", "sdxl_run", "dfs_run"])
+def test_run_outputs_hold_no_machine_cache_path(run_fixture, request):
+    from evomm import builtin
+
+    run_dir = request.getfixturevalue(run_fixture)["run_dir"]
+    cache = str(builtin.evomm_home())
+    written = [p for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".md", ".jsonl")
+               and "wandb" not in p.parts and ".hydra" not in p.parts]
+    assert any(p.name == "best_recipe.yaml" for p in written)
+    holding = [str(p.relative_to(run_dir)) for p in written if cache in p.read_text(errors="replace")]
+    assert holding == []
+    assert "builtin:" in (run_dir / "best_recipe.yaml").read_text()
+
+
+def test_built_in_paths_are_written_by_name_and_resolved_when_loaded(tmp_path):
+    from evomm import builtin
+    from evomm.recipe.recipe import Recipe
+
+    path = builtin.resolve("builtin:tiny-llm-a")
+    assert builtin.portable(path) == "builtin:tiny-llm-a"
+    assert builtin.portable(path + "/config.json") == "builtin:tiny-llm-a/config.json"  # a file inside
+    assert builtin.resolve("builtin:tiny-llm-a/config.json") == path + "/config.json"
+    assert builtin.portable("org/model") == "org/model" and builtin.portable(None) is None
+    recipe = Recipe(adapter="llm", method="linear", models=[path, "org/b"], adapter_options={"x": [path]})
+    recipe.save(tmp_path / "r.yaml")
+    loaded = Recipe.load(tmp_path / "r.yaml")
+    assert loaded.models == ["builtin:tiny-llm-a", "org/b"] and loaded.adapter_options == {"x": ["builtin:tiny-llm-a"]}
+
+
+def test_export_mergekit_names_built_ins_and_local_paths_resolves_them(smoke_run, tmp_path, capsys):
+    from evomm import builtin
+    from evomm.cli import main as cli_main
+
+    run_dir = smoke_run["run_dir"]
+    assert cli_main(["export-mergekit", str(run_dir)]) == 0
+    portable = capsys.readouterr().out
+    assert "model: builtin:tiny-llm-a" in portable and "mergekit cannot read by name" in portable
+    assert "--local-paths" in portable and str(builtin.evomm_home()) not in portable
+    assert cli_main(["export-mergekit", str(run_dir), "--local-paths", "-o", str(tmp_path / "m.yaml")]) == 0
+    local = (tmp_path / "m.yaml").read_text()
+    assert f"model: {builtin.resolve('builtin:tiny-llm-a')}" in local and "builtin:" not in local
+
+
+def test_push_refuses_a_recipe_naming_local_paths(tmp_path, capsys):
+    from evomm.cli import main as cli_main
+    from evomm.recipe.recipe import Recipe
+
+    run = tmp_path / "run"
+    (run / "merged").mkdir(parents=True)
+    (run / "merged" / "config.json").write_text("{}")
+    Recipe(adapter="llm", method="linear", models=["/home/me/models/a", "org/b"]).save(run / "best_recipe.yaml")
+    assert cli_main(["push", str(run), "me/evolved", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("evomm: error:") and "\n" not in err and "names local paths (/home/me/models/a)" in err
+
+
+def test_push_rewrites_an_older_runs_cache_paths(smoke_run, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub
+
+    from evomm import builtin
+    from evomm.interop.hub import push
+
+    run = tmp_path / "old"
+    shutil.copytree(smoke_run["run_dir"], run, ignore=shutil.ignore_patterns("wandb"))
+    path = builtin.resolve("builtin:tiny-llm-a")
+    for name in ("best_recipe.yaml", "merged/README.md"):  # as an older evomm wrote them
+        (run / name).write_text((run / name).read_text().replace("builtin:tiny-llm-a", path))
+
+    class Api:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    push(run, "me/evolved")
+    for name in ("best_recipe.yaml", "README.md"):
+        text = (run / "merged" / name).read_text()
+        assert path not in text and "builtin:tiny-llm-a" in text, name

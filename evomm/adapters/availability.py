@@ -33,9 +33,10 @@ def hub_offline() -> bool:
 
 def in_hub_cache(repo_id: str) -> bool:
     """A snapshot of ``repo_id`` is in the local Hugging Face cache (what offline loading uses)."""
-    from huggingface_hub import constants
-
-    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    # Read from the environment now: huggingface_hub fixes its cache folder when imported.
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    cache = Path(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")).expanduser()
+    snapshots = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
     return snapshots.is_dir() and any(snapshots.iterdir())
 
 
