@@ -80,7 +80,9 @@ def final_evaluation(
     for method, params in baselines.items():
         spec = get_method(method)
         if spec.needs_base and adapter.base_name is None:
-            log(f"  skipping baseline {method}: it needs adapter.base")
+            why = ("a routed run loads model A without adapter.base" if hasattr(adapter, "route_models")
+                   else "set adapter.base to score it")
+            log(f"  skipping baseline {method}: it needs a base model ({why})")
             continue
         if spec.exact_sources is not None and spec.exact_sources != len(adapter.source_names):
             log(f"  skipping baseline {method}: it takes {spec.exact_sources} source(s)")

@@ -101,6 +101,30 @@ def test_single_file_sdxl_without_its_configs_names_the_key(tmp_path, monkeypatc
     availability.check_available(str(checkpoint), modality="sdxl", single_file_config=str(tmp_path))
 
 
+def test_every_candidate_failing_later_names_the_checkpoint(tmp_path, monkeypatch):
+    from evomm.search import loop
+
+    calls, real = [], loop.apply_recipe
+
+    def breaks_after_generation_0(adapter, recipe):
+        calls.append(1)
+        if len(calls) > 4:  # popsize 4: generation 1 on
+            raise RuntimeError("out of memory")
+        real(adapter, recipe)
+
+    monkeypatch.setattr(loop, "apply_recipe", breaks_after_generation_0)
+    with pytest.raises(EvommError, match=r"every candidate of generation 1 failed; first error: RuntimeError: out of "
+                                         r"memory; the checkpoint of the 1 finished generation\(s\) is .*checkpoint.pkl"):
+        run_smoke(tmp_path, "optimizer.generations=3")
+
+
+def test_a_base_that_is_also_a_source_is_scored_once(tmp_path):
+    out = run_smoke(tmp_path, "adapter.base=builtin:tiny-llm-a", "optimizer.generations=1", "final_eval.baselines=null")
+    names = [row["name"] for row in out["results"]]
+    assert [row["kind"] for row in out["results"]] == ["evolved", "source", "source"]
+    assert len(set(names)) == len(names) and not any("(base)" in n for n in names)
+
+
 def test_every_candidate_failing_is_one_error_with_the_first_error(tmp_path, monkeypatch):
     def broken(adapter, recipe):
         raise RuntimeError("the merge broke\nsecond line of detail")
