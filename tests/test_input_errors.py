@@ -256,3 +256,15 @@ def test_push_rewrites_an_older_runs_cache_paths(smoke_run, tmp_path, monkeypatc
     for name in ("best_recipe.yaml", "README.md"):
         text = (run / "merged" / name).read_text()
         assert path not in text and "builtin:tiny-llm-a" in text, name
+
+
+def test_push_says_sdxl_weights_go_twice_and_can_leave_the_single_file(sdxl_run, capsys):
+    from evomm.cli import main as cli_main
+
+    run_dir = sdxl_run["run_dir"]
+    assert cli_main(["push", str(run_dir), "me/sdxl", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "merged.safetensors  <-" in out and "note: merged.safetensors holds the same weights" in out
+    assert cli_main(["push", str(run_dir), "me/sdxl", "--dry-run", "--no-single-file"]) == 0
+    out = capsys.readouterr().out
+    assert "merged.safetensors" not in out and "unet/" in out
