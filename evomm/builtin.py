@@ -30,7 +30,7 @@ DATASETS: Registry[Callable[[Path], None]] = Registry("built-in data set")
 
 # Modules that register builders; imported on first use so that importing evomm stays light.
 _BUILDER_MODULES = ["evomm.toy.builtins", "evomm.toy.vlm_builtins", "evomm.toy.tiny_vlm", "evomm.toy.tiny_sdxl",
-                    "evomm.toy.tiny_vqa"]
+                    "evomm.toy.tiny_vqa", "evomm.toy.lm_eval_tasks"]
 
 
 def evomm_home() -> Path:

@@ -231,6 +231,9 @@ def _validate_budget(c: dict) -> None:
 
 
 def _validate_final_eval(c: dict) -> None:
+    front_size = (c.get("final_eval") or {}).get("front_size")
+    if front_size is not None:
+        _int(front_size, "final_eval.front_size", 1)
 
     for name, params in ((c.get("final_eval") or {}).get("baselines") or {}).items():
         base_spec = get_method(name)

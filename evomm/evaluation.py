@@ -46,10 +46,10 @@ def final_evaluation(
         start = time.perf_counter()
         handle = handle if handle is not None else adapter.handle()
         try:
-            metrics = {k: float(v) for k, v in task.evaluate(handle, split).items()}
+            metrics = {k: float(v) for k, v in task.evaluate(handle, split).items() if k != "item_scores"}
             for extra_name, extra in (extra_tasks or {}).items():
                 scores = extra.evaluate(handle, extra.heldout_split)
-                metrics.update({f"{extra_name}/{k}": float(v) for k, v in scores.items()})
+                metrics.update({f"{extra_name}/{k}": float(v) for k, v in scores.items() if k != "item_scores"})
             error = None
         except Exception as e:  # noqa: BLE001 - one failing comparison must not lose the others
             metrics, error = {"fitness": math.nan}, f"{type(e).__name__}: {e}"

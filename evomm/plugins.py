@@ -28,6 +28,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "optimizer": {
         "cmaes": "evomm.search.optimizers.CMAES",
         "random": "evomm.search.optimizers.RandomSearch",
+        "nsga2": "evomm.search.nsga2.NSGA2",
     },
     "task": {
         "toy_arith": "evomm.tasks.toy_arith.ToyArithTask",
@@ -38,6 +39,9 @@ BUILTINS: dict[str, dict[str, str]] = {
         "ja_vlm_bench": "evomm.tasks.ja_vlm_bench.JaVLMBenchTask",
         "mgsm_ja": "evomm.tasks.mgsm_ja.MGSMJaTask",
         "clip_score": "evomm.tasks.clip_score.ClipScoreTask",
+        "lm_eval": "evomm.tasks.lm_eval_harness.LMEvalTask",
+        "multi": "evomm.tasks.multi.MultiTask",
+        "toy_skill": "evomm.tasks.toy_skill.ToySkillTask",
     },
 }
 

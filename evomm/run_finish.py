@@ -10,14 +10,19 @@ from evomm.adapters.apply import apply_recipe
 from evomm.evaluation import final_evaluation
 from evomm.recipe.recipe import Recipe
 from evomm.recipe.route import route_of
+from evomm.search.front import FRONT_DIR, is_multi_objective, score_front, write_front
+from evomm.search.objectives import objective_names, spread_subset
 from evomm.tracking.history import json_safe
 from evomm.tracking.model_card import write_model_card
+from evomm.tracking.pareto_plot import plot_heldout_front
+from evomm.tracking.pareto_report import PARETO_FILE
 from evomm.tracking.plots import plot_fitness, plot_recipe_heatmap
 from evomm.tracking.report import BEST_FILE
 from evomm.tracking.results import results_markdown, write_results
 from evomm.tracking.route_plot import plot_route
 
-OUTPUTS = ("best_recipe.yaml", BEST_FILE, "history.jsonl", "fitness.png", "recipe_heatmap.png", "route.png", "results.md")
+OUTPUTS = ("best_recipe.yaml", BEST_FILE, "history.jsonl", "fitness.png", "recipe_heatmap.png", "route.png",
+           PARETO_FILE, FRONT_DIR, "pareto.png", "pareto_heldout.png", "results.md")
 
 
 def finish(c: dict, run_dir: Path, space: Any, adapter: Any, task: Any, extra_tasks: dict, state: Any,
@@ -27,7 +32,10 @@ def finish(c: dict, run_dir: Path, space: Any, adapter: Any, task: Any, extra_ta
     best = space.decode(state.best["x"] if state.best else [0.5] * space.dim)
     save_best(run_dir, best, state.best)
     _plots(c, run_dir, best, state, logger)
-    rows = _held_out(c, run_dir, adapter, task, extra_tasks, best, logger, progress)
+    front = write_front(run_dir, state.history, task, space) if is_multi_objective(task) else []
+    if front:
+        logger.log_image("pareto", run_dir / "pareto.png")
+    rows = _held_out(c, run_dir, adapter, task, extra_tasks, best, logger, progress, front, space)
     if c.get("save_merged", True):
         write_model_card(run_dir, best, rows, c)
     logger.log_candidates(candidate_rows(state.history))
@@ -66,8 +74,9 @@ def _plots(c: dict, run_dir: Path, best: Recipe, state: Any, logger: Any) -> Non
 
 
 def _held_out(c: dict, run_dir: Path, adapter: Any, task: Any, extra_tasks: dict, best: Recipe,
-              logger: Any, progress: Any) -> list[dict]:
-    """Score the evolved recipe, the sources and the baselines on the held-out split; save merged/."""
+              logger: Any, progress: Any, front: list[dict], space: Any) -> list[dict]:
+    """Score the evolved recipe, the sources, the baselines and (several objectives) the front's
+    best-spread members on the held-out split; save merged/."""
     final = c.get("final_eval") or {}
 
     def after_evolved() -> None:  # while the target still holds the evolved model
@@ -90,6 +99,10 @@ def _held_out(c: dict, run_dir: Path, adapter: Any, task: Any, extra_tasks: dict
         log=progress.print,
         extra_tasks=extra_tasks,
     )
+    if front:  # the front's best-spread members on the held-out split(s), beside the others
+        rows += score_front(adapter, task, spread_subset(front, final.get("front_size")), space, progress.print)
+        plot_heldout_front(rows, objective_names(task), run_dir / "pareto_heldout.png")
+        logger.log_image("pareto_heldout", run_dir / "pareto_heldout.png")
     extra = {"fitness on the held-out split": task.heldout_split}
     if task.fitness_split == task.heldout_split:
         extra["WARNING"] = "the search evolved on the held-out split (allow_heldout_fitness=true)"

@@ -14,6 +14,7 @@ from evomm import plugins
 from evomm.errors import ConfigError
 from evomm.search import checkpoint
 from evomm.search.checkpoint import SearchState
+from evomm.search.objectives import objective_names
 from evomm.search.route_space import RouteSpace
 from evomm.tasks import build_task_from, validate_for_evaluation
 from evomm.tasks.base import Resampling
@@ -78,12 +79,14 @@ class Start:
     resumed: str  # "" for a fresh run, else "resumed at generation N"
 
 
-def start_search(c: dict, space: Any, run_dir: Path) -> Start:
+def start_search(c: dict, space: Any, run_dir: Path, task: Any = None) -> Start:
     """Build the optimizer over the space, or take it (and the history) from the checkpoint."""
     opt = c["optimizer"]
     opt_options = plugins.options(opt, "generations")
     if isinstance(space, RouteSpace):  # the search starts from model A alone, not from x = 0.5
         opt_options["x0"] = space.x0()
+    if "n_obj" in opt_options and opt_options["n_obj"] is None:  # multi-objective: one per task objective
+        opt_options["n_obj"] = len(objective_names(task))
     optimizer = plugins.build("optimizer", plugins.reference(opt, "optimizer"), opt_options,
                               dim=space.dim, seed=c["seed"])
     fp = search_fingerprint(c)

@@ -25,6 +25,7 @@ from evomm.run_setup import Start, build_tasks, resolve_run_dir, start_search
 from evomm.search import checkpoint, distributed
 from evomm.search.build import build_search
 from evomm.search.loop import Problem, SearchFailed, search
+from evomm.search.objectives import generation_stats
 from evomm.search.route_space import RouteSpace
 from evomm.tracking.history import HistoryWriter
 from evomm.tracking.loggers import build_logger
@@ -56,7 +57,7 @@ def run(cfg: DictConfig | dict) -> dict:
         distributed.serve(problem, ranks)
         return {"run_dir": run_dir, "best": None, "results": [], "state": None}
 
-    start = start_search(c, space, run_dir)
+    start = start_search(c, space, run_dir, task)
     generations = int(c["optimizer"]["generations"])
     logger = build_logger(c, run_dir)
     progress = Progress(generations, start_generation=start.state.generation)
@@ -95,6 +96,7 @@ def _search(problem: Problem, start: Start, generations: int, run_dir: Path, ran
             "gen/failed": len(entries) - len(scores),
             "best_so_far": state.best["fitness"],
             **{f"optimizer/{k}": v for k, v in optimizer.state().items()},
+            **generation_stats(problem.task, entries),  # several objectives: each one's best
         })
         checkpoint.save(start.checkpoint_path, state, start.fingerprint)
         progress.generation(state, entries, optimizer.state())

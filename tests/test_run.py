@@ -75,7 +75,7 @@ def test_resume_refuses_a_different_config(tmp_path):
         ("merge.method=frobnicate", UnknownNameError, "known merge methods: .*dare_ties"),
         ("adapter.name=audio", UnknownNameError, "built-in adapters: llm, sdxl, vlm"),
         ("task.name=chess", UnknownNameError, "built-in tasks: .*toy_arith"),
-        ("optimizer.name=adam", UnknownNameError, "built-in optimizers: cmaes, random"),
+        ("optimizer.name=adam", UnknownNameError, "built-in optimizers: cmaes, nsga2, random"),
         ("optimizer.popsize=1", ConfigError, "optimizer.popsize must be >= 2"),
         ("optimizer.generations=-1", ConfigError, "optimizer.generations must be >= 0"),
         ("merge.bounds.density=[0.0,1.0]", ConfigError, "density must lie in"),

@@ -35,10 +35,12 @@ def test_run_directory_holds_the_contract_files(run_fixture, request):
 @pytest.mark.parametrize("run_fixture", RUNS)
 def test_evomm_merge_rebuilds_every_weight_file_bit_for_bit(run_fixture, request, tmp_path):
     run_dir = request.getfixturevalue(run_fixture)["run_dir"]
-    assert cli_main(["merge", str(run_dir / "best_recipe.yaml"), str(tmp_path / "rebuilt")]) == 0
+    # the same folder name: an SDXL pipeline's single-file copy is named after its folder
+    rebuilt = tmp_path / "merged"
+    assert cli_main(["merge", str(run_dir / "best_recipe.yaml"), str(rebuilt)]) == 0
     merged = sorted(p.relative_to(run_dir / "merged") for p in (run_dir / "merged").rglob("*.safetensors"))
     assert merged, "merged/ holds weights"
     for rel in merged:
-        a, b = load_file(run_dir / "merged" / rel), load_file(tmp_path / "rebuilt" / rel)
+        a, b = load_file(run_dir / "merged" / rel), load_file(rebuilt / rel)
         assert a.keys() == b.keys(), rel
         assert all(torch.equal(a[k], b[k]) for k in a), rel

@@ -14,6 +14,7 @@ import torch
 
 from evomm.errors import EvommError
 from evomm.search.checkpoint import SearchState
+from evomm.search.objectives import vector_losses
 from evomm.search.optimizers import Optimizer
 from evomm.adapters.apply import apply_recipe
 
@@ -46,7 +47,8 @@ class Problem:
             self.task.resample(sample)
         try:
             apply_recipe(self.adapter, self.space.decode(x))
-            metrics = {k: float(v) for k, v in self.task.evaluate(self.adapter.handle(), self.split).items()}
+            result = self.task.evaluate(self.adapter.handle(), self.split)
+            metrics = {k: float(v) for k, v in result.items() if k != "item_scores"}
             if not math.isfinite(metrics["fitness"]):
                 raise FloatingPointError(f"fitness is {metrics['fitness']}")
             entry.update(fitness=metrics["fitness"], metrics=metrics, error=None)
@@ -173,7 +175,10 @@ def search(
         # Maximisation is stated here, once: the optimizer minimises loss = -fitness. A failed
         # candidate ranks just below the worst success of its generation.
         worst_loss = -min(scored) + 1.0
-        optimizer.tell(xs, [worst_loss if e["fitness"] is None else -e["fitness"] for e in entries])
+        if getattr(optimizer, "multi_objective", False):  # one loss per objective (see objectives.py)
+            optimizer.tell(xs, vector_losses(problem.task, entries))
+        else:
+            optimizer.tell(xs, [worst_loss if e["fitness"] is None else -e["fitness"] for e in entries])
         state.history.extend(entries)
         for entry in entries:
             if entry["fitness"] is not None and (state.best is None or entry["fitness"] > state.best["fitness"]):

@@ -21,6 +21,7 @@ import yaml
 
 from evomm.errors import ConfigError
 from evomm.recipe.recipe import Recipe
+from evomm.tracking.pareto_report import front_table, read_front
 
 HISTORY, RECIPE, RESULTS, BEST_FILE = "history.jsonl", "best_recipe.yaml", "results.json", "best.json"
 
@@ -235,6 +236,10 @@ def summary_text(run: RunRecord) -> str:
     else:
         lines.append("best fitness: - (no candidate scored)")
     lines += ["", "## best recipe", recipe_table(recipe), ""]
+    front = read_front(run.run_dir)
+    if front:  # several objectives: every member's recipe file rebuilds with evomm merge
+        lines += [f"## Pareto front ({len(front)} member(s); evomm merge <run>/<recipe> OUT rebuilds one)",
+                  front_table(front, run.rows), ""]
     if run.rows:
         lines += ["## results (held-out split)", results_markdown(run.rows)]
     else:
