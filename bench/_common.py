@@ -99,6 +99,42 @@ def emit(**fields) -> None:
     print(json.dumps(fields), flush=True)
 
 
+def ended(row: list[int], eos: set[int]) -> list[int]:
+    """A generated row up to and including its first EOS id (plain generate pads after it)."""
+    for k, token in enumerate(row):
+        if token in eos:
+            return row[: k + 1]
+    return row
+
+
+def calibrated_eos(model, prompts, max_new_tokens: int, batch: int, share: float = 0.95) -> list[int]:
+    """EOS ids for a random model: the tokens most rows of a no-EOS greedy run produce, taken
+    until ``share`` of those rows end before ``max_new_tokens`` (at different lengths; the rest
+    run to the limit, as a rambling answer does)."""
+    from collections import Counter
+
+    from transformers import GenerationConfig
+
+    from evomm.generation import generate_ids
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
+    rows = generate_ids(model, prompts, config, batch_size=batch, fast=True)
+    counts = Counter(t for row in rows for t in set(row))
+    eos: list[int] = []
+    for token, _ in counts.most_common():
+        eos.append(token)
+        if sum(any(t in eos for t in row) for row in rows) >= share * len(rows):
+            break
+    return eos
+
+
+def mgsm_like_prompts(n: int, vocab: int = 32000, seed: int = 1) -> list[list[int]]:
+    """Random token-id prompts of 60-120 tokens (an MGSM-JA prompt's length in Mistral tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (int(torch.randint(60, 121, (1,), generator=gen)),), generator=gen).tolist()
+            for _ in range(n)]
+
+
 def compose(overrides: list[str]):
     """The real conf/ composed with overrides, as train.py does."""
     from hydra import compose as hydra_compose

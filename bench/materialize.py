@@ -25,9 +25,9 @@ import torch
 
 from _common import build_models, emit, median, model_bytes, parser, setup, timed
 
-from evomm.merging.slots import TensorSlot
 from evomm.adapters.llm import LLMAdapter
 from evomm.merging.engine import materialize
+from evomm.merging.slots import TensorSlot
 from evomm.recipe.recipe import Entry, Recipe
 
 TARGET = 3.0

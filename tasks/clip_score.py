@@ -103,6 +103,9 @@ class ClipScoreTask(Resampling):
         self.device = device
         self._clip: tuple[Any, Any, Any] | None = None  # (model, preprocess, tokenizer)
         self._clip_device: torch.device | None = None
+        # The CLIP model is never merged, so a prompt's text embedding is the same for every
+        # candidate: computed once per run (per loaded CLIP model).
+        self._text_features: dict[str, torch.Tensor] = {}
 
     # ---------------------------------------------------------------------------- data
 
@@ -192,6 +195,7 @@ class ClipScoreTask(Resampling):
             tokenizer = open_clip.get_tokenizer(self.model_name)
             self._clip = (model.eval(), preprocess, tokenizer)
             self._clip_device = device
+            self._text_features = {}
         return self._clip
 
     def _device(self, handle) -> torch.device:
@@ -223,12 +227,23 @@ class ClipScoreTask(Resampling):
     def score(self, images: list, prompts: list[str], device: torch.device) -> torch.Tensor:
         """Per-image CLIP scores (n,) on the CPU."""
         model, preprocess, tokenizer = self._load_clip(device)
+        texts = self.text_features(prompts, device)
         scores = []
         for start in range(0, len(images), self.batch_size):
             pixels = torch.stack([preprocess(im) for im in images[start : start + self.batch_size]]).to(device)
-            tokens = tokenizer(prompts[start : start + self.batch_size]).to(device)
-            scores.append(clip_scores(model.encode_image(pixels), model.encode_text(tokens)).cpu())
+            scores.append(clip_scores(model.encode_image(pixels), texts[start : start + self.batch_size]).cpu())
         return torch.cat(scores)
+
+    @torch.no_grad()
+    def text_features(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+        """CLIP text embeddings (n, d) of ``prompts``, each computed once per loaded CLIP model."""
+        model, _, tokenizer = self._load_clip(device)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_features]
+        for start in range(0, len(missing), self.batch_size):
+            batch = missing[start : start + self.batch_size]
+            for prompt, row in zip(batch, model.encode_text(tokenizer(batch).to(device))):
+                self._text_features[prompt] = row
+        return torch.stack([self._text_features[p] for p in prompts])
 
     def evaluate(self, handle, split: str) -> dict[str, float]:
         prompts, seeds = self.split(split)

@@ -23,6 +23,7 @@ This module also holds the generation and scoring shared with ``ja_vlm_bench``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +33,12 @@ from transformers import GenerationConfig
 from evomm.adapters.base import VLMHandle
 from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
+from evomm.generation import fast_path_reason
 from evomm.text.rouge_ja import JapaneseRouge, PairScore, japanese_rouge, summarize
 from evomm.tasks.base import Resampling
+from evomm.vlm_generation import VisionCache, cached_generate, greedy_vlm_answers
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,13 @@ def generate_answers(
     settings: GenerationSettings,
     system_prompt: str | None,
     prompt: str | None,
+    cache: VisionCache | None = None,
 ) -> list[str]:
-    """The model's answer to every item, in order (new text only, special tokens stripped)."""
+    """The model's answer to every item, in order (new text only, special tokens stripped).
+
+    With a ``cache`` (``evomm.vlm_generation``), per-item inputs and image features are kept
+    across candidates and plain greedy settings take the fast loop; the answers are the same.
+    """
     model, processor = handle.model, handle.processor
     tokenizer = processor.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -125,6 +135,14 @@ def generate_answers(
     texts = [render_prompt(processor, it.question, system_prompt, prompt) for it in items]
     # Similar lengths share a batch, which keeps left padding (and its float noise) small.
     order = sorted(range(len(items)), key=lambda i: len(texts[i]))
+    if cache is not None:
+        try:
+            return _cached_answers(handle, items, texts, order, settings, cache, pad_id, config)
+        except (TypeError, ValueError, AttributeError, NotImplementedError) as err:
+            # A VLM whose image features or forward the cached path cannot drive: the plain
+            # path below gives the same answers.
+            _log.warning("cached VLM generation failed (%s: %s); using model.generate with the processor",
+                         type(err).__name__, err)
     answers = [""] * len(items)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -154,6 +172,29 @@ def generate_answers(
     finally:
         model.train(was_training)
     return answers
+
+
+def _cached_answers(handle, items, texts, order, settings, cache: VisionCache, pad_id: int, config) -> list[str]:
+    """generate_answers with per-item inputs and image features from ``cache``
+    (``evomm.vlm_generation``): the fast greedy loop when the settings allow it, else
+    ``model.generate`` on the same batches as the plain path."""
+    model, processor = handle.model, handle.processor
+    inputs = [cache.inputs(processor, it.id, text, it.load_image) for it, text in zip(items, texts)]
+    keys = [it.id for it in items]
+    eos = config.eos_token_id
+    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    was_training = model.training
+    model.eval()
+    try:
+        if fast_path_reason(model, config, processor.tokenizer) is None:
+            rows = greedy_vlm_answers(model, order, keys, inputs, cache, slots=settings.batch_size,
+                                      max_new_tokens=settings.max_new_tokens, pad_id=pad_id, eos_ids=eos_ids)
+        else:  # beams, sampling, a repetition penalty: generate, fed the cached features
+            batches = [order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
+            rows = cached_generate(model, batches, keys, inputs, cache, config, seed=settings.seed)
+    finally:
+        model.train(was_training)
+    return [text.strip() for text in processor.batch_decode(rows, skip_special_tokens=True)]
 
 
 class VQAScoring:
@@ -210,6 +251,7 @@ class JaVGVQATask(Resampling):
         fitness_num_beams: int | None = None,
         fitness_repetition_penalty: float | None = None,
         lang_id_model: str | None = None,
+        fast_generation: bool = True,
     ):
         if not isinstance(dataset, str) or not dataset:
             raise ConfigError(f"{self.name}: dataset must be a hub id or a local folder, got {dataset!r}")
@@ -233,6 +275,8 @@ class JaVGVQATask(Resampling):
         self.settings = {self.fitness_split: fit, self.heldout_split: held}
         self.scoring = VQAScoring(lang_id_model)
         self._items: dict[str, list[VQAItem]] = {}
+        # Per-item processor outputs and image features, kept across candidates (None: plain generate).
+        self.vision_cache = VisionCache() if fast_generation else None
 
     def items(self, split: str) -> list[VQAItem]:
         """The scored items of ``split`` (first QA per image; a seeded sample when *_samples is set)."""
@@ -262,5 +306,6 @@ class JaVGVQATask(Resampling):
 
     def evaluate(self, handle: VLMHandle, split: str) -> dict[str, float]:
         items = self.items(split)
-        answers = generate_answers(handle, items, self.settings[split], self.system_prompt, self.prompt)
+        answers = generate_answers(handle, items, self.settings[split], self.system_prompt, self.prompt,
+                                   cache=self.vision_cache)
         return self.scoring.score(items, answers)

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
+from evomm.stops import cut_at_stop
 from evomm.text.mgsm import READERS, Judgement, judge, read_number_strict
 from evomm.tasks.base import Resampling
 
@@ -45,12 +46,7 @@ def question_key(question: str) -> str:
 
 def truncate_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     """Cut a response where the model starts a new prompt section (e.g. '### 問題')."""
-    cut = len(text)
-    for stop in stop_strings:
-        at = text.find(stop)
-        if at >= 0:
-            cut = min(cut, at)
-    return text[:cut]
+    return cut_at_stop(text, stop_strings)
 
 
 def _parse_answer(value: Any, where: str) -> float:
@@ -146,6 +142,7 @@ class MGSMJaTask(Resampling):
         prompt_template: str | None = None,
         stop_strings: Sequence[str] | None = ("###",),
         reader: str = "paper",
+        fast_generation: bool = True,
     ):
         if reader not in READERS:
             raise ConfigError(f"mgsm_ja: reader must be one of {sorted(READERS)} (paper: the paper's "
@@ -171,6 +168,7 @@ class MGSMJaTask(Resampling):
         self.prompt_template = prompt_template
         self.stop_strings = list(stop_strings or [])
         self.reader = reader
+        self.fast_generation = bool(fast_generation)  # False: plain model.generate
         self._all: dict[str, list[dict[str, Any]]] = {}
         self._items: dict[str, list[dict[str, Any]]] = {}
         self.last_responses: list[str] = []
@@ -226,8 +224,9 @@ class MGSMJaTask(Resampling):
         prompts = [self.prompt(r["question"]) for r in self.items(split)]
         texts = generate_texts(handle.model, handle.tokenizer, prompts,
                                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                               num_beams=self.num_beams)
-        return [truncate_at_stop(t, self.stop_strings) for t in texts]
+                               num_beams=self.num_beams, stop_strings=self.stop_strings,
+                               fast=self.fast_generation)
+        return texts  # already cut at the stop strings (and the fast path stops there)
 
     def score_item(self, response: str, record: dict[str, Any]) -> Judgement:
         """One response: ``.correct`` (right number and Japanese) is the item's score."""

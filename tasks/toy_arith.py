@@ -90,6 +90,7 @@ class ToyArithTask(Resampling):
         max_new_tokens: int = 8,
         batch_size: int = 64,
         data_dir: str | None = None,
+        fast_generation: bool = True,
     ):
         for key, value in (("fitness_samples", fitness_samples),
                            ("heldout_samples", heldout_samples),
@@ -101,6 +102,7 @@ class ToyArithTask(Resampling):
         self.seed = seed
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.fast_generation = bool(fast_generation)  # False: plain model.generate
         self.data_dir = None if data_dir is None else Path(data_dir)
         self._items: dict[str, list[dict[str, str]]] = {}
 
@@ -147,7 +149,8 @@ class ToyArithTask(Resampling):
     def responses(self, handle: LLMHandle, split: str) -> list[str]:
         prompts = [world.target_prompt(r["question"]) for r in self.items(split)]
         return generate_texts(handle.model, handle.tokenizer, prompts,
-                              max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+                              max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                              fast=self.fast_generation)
 
     def score(self, responses: list[str], records: list[dict[str, str]]) -> dict[str, float]:
         correct = sum(is_correct(r, rec["answer"]) for r, rec in zip(responses, records))

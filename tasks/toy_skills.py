@@ -39,7 +39,7 @@ class ToySkillsTask(Resampling):
     heldout_split = "heldout"
 
     def __init__(self, fitness_samples: int = 32, heldout_samples: int = 1000, seed: int = 0,
-                 max_new_tokens: int = 8, batch_size: int = 64):
+                 max_new_tokens: int = 8, batch_size: int = 64, fast_generation: bool = True):
         for key, value in (("fitness_samples", fitness_samples), ("heldout_samples", heldout_samples),
                            ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -48,6 +48,7 @@ class ToySkillsTask(Resampling):
         self.seed = seed
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.fast_generation = bool(fast_generation)  # False: plain model.generate
 
     def items(self, skill: str, split: str) -> list[tuple[str, str]]:
         """A seeded sample of at most ``*_samples`` items per skill (the split itself is fixed)."""
@@ -68,7 +69,8 @@ class ToySkillsTask(Resampling):
         for skill in SKILLS:
             pairs = self.items(skill, split)
             outs = generate_texts(handle.model, handle.tokenizer, [p for p, _ in pairs],
-                                  max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+                                  max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                  fast=self.fast_generation)
             metrics[skill] = sum(normalise(o) == normalise(e) for o, (_, e) in zip(outs, pairs)) / len(pairs)
         metrics["fitness"] = sum(metrics[s] for s in SKILLS) / len(SKILLS)
         return metrics

@@ -87,6 +87,7 @@ class ToyVQASkillsTask(Resampling):
         seed: int = 0,
         max_new_tokens: int = 10,
         batch_size: int = 64,
+        fast_generation: bool = True,
     ):
         _check_data_dir(self.name, data_dir)
         check_samples(self.name, "fitness_samples", fitness_samples)
@@ -98,6 +99,7 @@ class ToyVQASkillsTask(Resampling):
         self.seed = seed
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.fast_generation = bool(fast_generation)  # False: plain model.generate
         # English VQA is ja_vg_vqa on the English folder, asked with the world's English prompt.
         self._vqa = JaVGVQATask(
             dataset=str(world_path(data_dir) / "en_vqa"),
@@ -110,6 +112,7 @@ class ToyVQASkillsTask(Resampling):
             max_new_tokens=max_new_tokens,
             num_beams=1,
             repetition_penalty=1.0,
+            fast_generation=fast_generation,
         )
         self._qa: dict[str, list[dict[str, str]]] = {}
 
@@ -170,7 +173,8 @@ class ToyVQASkillsTask(Resampling):
         """The VLM's answers to the Japanese text questions (no image), in order."""
         prompts = [vlm_world.JA_QA_PROMPT.format(question=r["question"]) for r in self.qa_items(split)]
         return generate_texts(handle.model, handle.processor.tokenizer, prompts,
-                              max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed)
+                              max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed,
+                              fast=self.fast_generation)
 
     def evaluate(self, handle: VLMHandle, split: str) -> dict[str, float]:
         self._check_split(split)
@@ -197,6 +201,7 @@ class ToyJaVQATask(JaVGVQATask):
         seed: int = 0,
         batch_size: int = 64,
         max_new_tokens: int = 10,
+        fast_generation: bool = True,
     ):
         _check_data_dir(self.name, data_dir)
         self.data_dir = data_dir
@@ -211,6 +216,7 @@ class ToyJaVQATask(JaVGVQATask):
             max_new_tokens=max_new_tokens,
             num_beams=1,
             repetition_penalty=1.0,
+            fast_generation=fast_generation,
         )
 
     def items(self, split: str):

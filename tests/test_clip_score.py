@@ -152,6 +152,31 @@ def test_evaluate_matches_direct_clip_computation(tiny_clip, prompts_file, handl
     assert again["clip_score"] == pytest.approx(result["clip_score"], rel=1e-3, abs=1e-3)
 
 
+def test_text_embeddings_are_computed_once_per_run(tiny_clip, prompts_file, handle):
+    task = make_task(tiny_clip, prompts_file, fitness_samples=3, batch_size=2)
+    first = task.evaluate(handle, "fitness")
+    model = task._clip[0]
+    calls = []
+    original = model.encode_text
+
+    def counting(tokens):
+        calls.append(len(tokens))
+        return original(tokens)
+
+    model.encode_text = counting
+    try:
+        assert task.evaluate(handle, "fitness") == first  # a second candidate: cached embeddings
+        assert calls == []
+        task.evaluate(handle, "heldout")  # new prompts are embedded once each
+        assert sum(calls) == 2
+        prompts, _ = task.split("fitness")
+        cached = task.text_features(prompts, torch.device("cpu"))
+        fresh = original(task._clip[2](prompts))
+        assert torch.allclose(cached, fresh, atol=1e-6)
+    finally:
+        model.encode_text = original
+
+
 def test_heldout_uses_other_prompts(tiny_clip, prompts_file, handle):
     task = make_task(tiny_clip, prompts_file, heldout_samples=3)
     assert task.evaluate(handle, "heldout")["n"] == 3

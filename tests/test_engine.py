@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from evomm.merging.slots import TensorSlot
 from evomm.errors import ConfigError, IncompatibleModelsError
-from evomm.merging import engine, kernels
-from evomm.merging.engine import keep_sources_on, materialize, tensor_seed
+from evomm.merging import engine, kernels, ties_thresholds
+from evomm.merging.engine import materialize, tensor_seed
+from evomm.merging.workspace import Workspace
 from evomm.merging.methods import get_method
 from evomm.recipe.recipe import Entry, Recipe
 
@@ -73,16 +74,23 @@ def sources_for(method):
     return 1 if method == "slerp" else 2
 
 
+@pytest.fixture(params=["numba", "torch"])
+def kernels_path(request, monkeypatch):
+    """Both CPU paths: the fused numba kernels and torch operations (EVOMM_KERNELS=torch)."""
+    monkeypatch.setenv("EVOMM_KERNELS", request.param)
+    return request.param
+
+
 @pytest.fixture
 def index_everywhere(monkeypatch):
     """TIES on tiny tensors takes the large-tensor path (magnitude index, fix-up)."""
-    monkeypatch.setattr(engine, "SMALL_TENSOR", 0)
+    monkeypatch.setattr(ties_thresholds, "SMALL_TENSOR", 0)
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", list(PARAMS))
-def test_engine_equals_reference(method, dtype, chunk, index_everywhere):
+def test_engine_equals_reference(method, dtype, chunk, index_everywhere, kernels_path):
     for shape in SHAPES:
         for params in PARAMS[method]:
             slot = make_slot(shape, sources_for(method), dtype)
@@ -96,9 +104,9 @@ def test_engine_equals_reference(method, dtype, chunk, index_everywhere):
             assert torch.equal(slot.target, first)
 
 
-@pytest.mark.parametrize("small_tensor", [engine.SMALL_TENSOR, 0])
-def test_three_sources_and_every_chunk_size(small_tensor, monkeypatch):
-    monkeypatch.setattr(engine, "SMALL_TENSOR", small_tensor)
+@pytest.mark.parametrize("small_tensor", [ties_thresholds.SMALL_TENSOR, 0])
+def test_three_sources_and_every_chunk_size(small_tensor, monkeypatch, kernels_path):
+    monkeypatch.setattr(ties_thresholds, "SMALL_TENSOR", small_tensor)
     for method in ("ties", "dare_ties", "task_arithmetic"):
         params = {"weight": [0.5, 0.2, 0.9]}
         if method != "task_arithmetic":
@@ -109,12 +117,12 @@ def test_three_sources_and_every_chunk_size(small_tensor, monkeypatch):
             assert torch.equal(slot.target, reference(slot, method, params)), (method, chunk)
 
 
-def test_a_tensor_larger_than_a_kernel_block_and_the_small_tensor_limit():
+def test_a_tensor_larger_than_a_kernel_block_and_the_small_tensor_limit(kernels_path):
     """Defaults only: several kernel blocks, the magnitude index and the fix-up, bf16 chunks."""
     for dtype in DTYPES:
         for method, params in (("ties", {"weight": [0.7, 0.5], "density": [0.3, 0.8]}),
                                ("dare_ties", {"weight": [0.7, 0.5], "density": [0.3, 0.8]})):
-            slot = make_slot((engine.SMALL_TENSOR + 4099,), 2, dtype)
+            slot = make_slot((ties_thresholds.SMALL_TENSOR + 4099,), 2, dtype)
             materialize([slot], recipe_for(method, params, 2))
             assert torch.equal(slot.target, reference(slot, method, params)), (method, dtype)
 
@@ -140,7 +148,7 @@ def test_ties_thresholds_match_kthvalue(seed, n, d0, d1, levels, chunk):
     params = {"weight": [0.6, 0.8], "density": [d0, d1]}
     expected = reference(slot, "ties", params)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "SMALL_TENSOR", 0)
+        patch.setattr(ties_thresholds, "SMALL_TENSOR", 0)
         for _ in ("single-use thresholds", "magnitude index"):
             materialize([slot], recipe_for("ties", params, 2), chunk=chunk)
             assert torch.equal(slot.target, expected)
@@ -165,21 +173,25 @@ def test_single_use_threshold_is_the_kth_largest_or_none(layout, chunk, packed, 
     elif layout == "levels":  # few distinct magnitudes: the bracket's ends coincide or hold many
         tau = torch.randint(-2, 3, (n,), generator=g).float() * 0.25
     else:  # the sample is the first 16 entries, which are far smaller than the rest
-        monkeypatch.setattr(engine, "SAMPLE", 16)
+        monkeypatch.setattr(ties_thresholds, "SAMPLE", 16)
         tau = 1.0 + torch.rand(n, generator=g)
         tau[:16] = 0.001 * torch.rand(16, generator=g)
     other = base + 0.5 * torch.randn(n, generator=g)  # a second source in the same pass
     sources = [base + tau, other]
     magnitudes = [(s - base).abs() for s in sources]
-    work = engine._Workspace(chunk)
+    work = Workspace(chunk)
     answers = []
     for k in (1, 7, n // 100, n // 3, n - 1, n):
         ks = [k, n - k + 1]
-        found = engine._select_thresholds(base, sources, ks, work)
-        second = float(torch.topk(magnitudes[1], ks[1]).values[-1])
-        assert found[1] == second or (found[1] is None and layout == "unlike the sample"), k
+        found = ties_thresholds.select_thresholds(base, sources, ks, work)
+        for i, (source_k, got) in enumerate(zip(ks, found)):
+            if got is None:
+                assert i == 0 or layout == "unlike the sample", k
+                continue
+            value = float(torch.topk(magnitudes[i], source_k).values[-1])
+            greater, equal = int((magnitudes[i] > value).sum()), int((magnitudes[i] == value).sum())
+            assert got == (value, greater, equal), (k, i)
         answers.append(found[0])
-        assert answers[-1] in (None, float(torch.topk(magnitudes[0], k).values[-1])), k
     if layout == "unlike the sample":
         assert None in answers  # the window held far more than the sample suggested
     else:
@@ -244,7 +256,7 @@ def test_sparse_task_vector_keeps_all_when_the_threshold_is_zero(monkeypatch):
     params = {"weight": [1.0, 1.0], "density": [0.5, 0.5]}
     materialize([slot], recipe_for("ties", params, 2), chunk=32)
     assert torch.equal(slot.target, reference(slot, "ties", params))
-    monkeypatch.setattr(engine, "SMALL_TENSOR", 0)
+    monkeypatch.setattr(ties_thresholds, "SMALL_TENSOR", 0)
     materialize([slot], recipe_for("ties", params, 2), chunk=32)
     assert torch.equal(slot.target, reference(slot, "ties", params))
 
@@ -315,14 +327,6 @@ def test_errors_name_the_tensor():
         materialize([odd], recipe_for("linear", {"weight": [1, 1]}, 2))
 
 
-def test_keep_sources_on_the_targets_device():
-    slot = make_slot((40,), 2)
-    keep_sources_on([slot], "cpu")
-    params = {"weight": [0.3, 0.9], "density": [0.4, 0.73]}
-    materialize([slot], recipe_for("ties", params, 2))
-    assert torch.equal(slot.target, reference(slot, "ties", params))
-
-
 def test_llm_adapter_device_map_passes_through(monkeypatch):
     """adapter.device_map reaches from_pretrained (for the target); the engine writes in place."""
     from transformers import AutoModelForCausalLM
@@ -375,6 +379,93 @@ def test_fused_kernels_copy_only_chunks_of_non_float32_inputs():
     """float32 inputs go to the kernel whole; a bf16 one (merge or index build) in chunks."""
     n = engine.CPU_CHUNK * 3
     f32, bf16 = torch.zeros(n), torch.zeros(n, dtype=torch.bfloat16)
-    assert engine._Workspace(None).fused_chunk(n, [f32, f32]) == n
-    assert engine._Workspace(None).fused_chunk(n, [f32, bf16]) == engine.CPU_CHUNK
-    assert engine._Workspace(16).fused_chunk(n, [f32, f32]) == 16
+    assert Workspace(None).fused_chunk(n, [f32, f32]) == n
+    assert Workspace(None).fused_chunk(n, [f32, bf16]) == engine.CPU_CHUNK
+    assert Workspace(16).fused_chunk(n, [f32, f32]) == 16
+
+
+def bf16_slot(shape, n_sources, seed=0, scale=1e-3):
+    """bf16 experts = base + scale * randn, as fine-tunes differ: their task vectors take few
+    distinct values, so many entries tie at any TIES threshold."""
+    g = torch.Generator().manual_seed(seed)
+    base = (0.02 * torch.randn(shape, generator=g)).bfloat16()
+    sources = [(base.float() + scale * torch.randn(shape, generator=g)).bfloat16() for _ in range(n_sources)]
+    return TensorSlot(name="model.layers.0.mlp.up_proj.weight", group="layers.0", t=0.0,
+                      target=torch.empty(shape, dtype=torch.bfloat16), sources=sources, base=base)
+
+
+@pytest.mark.parametrize("tie_order", ["index", "mergekit"])
+@pytest.mark.parametrize("small_tensor", [1 << 20, 0])  # kthvalue; sampled thresholds and index
+def test_ties_on_bf16_checkpoints_keeps_the_references_entries(small_tensor, tie_order, kernels_path, monkeypatch):
+    """Realistic shapes with many tied magnitudes: exactly k entries per source, the reference's
+    tie order, for the first merge (single-use thresholds), the second (the magnitude index) and
+    a third at other densities (cached tie orders), bf16 and float32."""
+    monkeypatch.setattr(ties_thresholds, "SMALL_TENSOR", small_tensor)
+    slot = bf16_slot((256, 688), 3)
+    magnitudes = (slot.sources[0].float() - slot.base.float()).abs()
+    k = int(0.5 * magnitudes.numel())
+    assert int((magnitudes >= magnitudes.view(-1).kthvalue(magnitudes.numel() - k + 1).values).sum()) > k * 1.01
+    for density in ([0.5, 0.3, 0.9], [0.5, 0.3, 0.9], [0.2, 0.71, 0.45]):
+        params = {"weight": [0.5, 0.3, 0.7], "density": density, "tie_order": tie_order}
+        materialize([slot], recipe_for("ties", params, 3))
+        assert torch.equal(slot.target, reference(slot, "ties", params)), density
+    as_f32 = TensorSlot(slot.name, slot.group, 0.0, torch.empty(slot.target.shape),
+                        [s.float() for s in slot.sources], slot.base.float())
+    materialize([as_f32], recipe_for("ties", params, 3))
+    assert torch.equal(as_f32.target, reference(as_f32, "ties", params))
+
+
+NO_NUMBA = """
+import json, sys
+sys.modules["numba"] = None  # as if it were not installed: importing it raises ImportError
+import torch
+from evomm.merging import backend
+from evomm.merging.engine import materialize
+from evomm.recipe.recipe import Entry, Recipe
+from evomm.merging.slots import TensorSlot
+
+assert not backend.fast_kernels()
+out = {}
+for method, settings in json.loads(sys.argv[1]).items():
+    for j, params in enumerate(settings):
+        m = 1 if method == "slerp" else 2
+        g = torch.Generator().manual_seed(0)
+        base = (0.02 * torch.randn(64, 300, generator=g)).bfloat16()
+        sources = [(base.float() + 1e-3 * torch.randn(64, 300, generator=g)).bfloat16() for _ in range(m)]
+        slot = TensorSlot("w", "layers.0", 0.0, torch.empty(64, 300, dtype=torch.bfloat16), sources, base)
+        recipe = Recipe(adapter="llm", method=method, models=[f"m{i}" for i in range(m)], base="b",
+                        entries=[Entry(params=params)], seed=5)
+        materialize([slot], recipe)
+        out[f"{method}{j}"] = slot.target
+assert "evomm.merging.kernels" not in sys.modules
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_without_numba_the_torch_path_merges_the_same(tmp_path):
+    """numba is optional: with it missing (sys.modules['numba'] = None) every method still
+    merges, through torch operations, to the tensors the fused kernels give."""
+    import json
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", NO_NUMBA, json.dumps(PARAMS), str(tmp_path / "out.pt")], check=True)
+    theirs = torch.load(tmp_path / "out.pt")
+    for method, settings in PARAMS.items():
+        for j, params in enumerate(settings):
+            slot = bf16_slot((64, 300), sources_for(method))
+            slot.name = "w"
+            materialize([slot], recipe_for(method, params, sources_for(method)))
+            assert torch.equal(theirs[f"{method}{j}"], slot.target), (method, params)
+
+
+def test_kernel_choice_is_checked(monkeypatch):
+    from evomm.merging import backend
+
+    monkeypatch.setenv("EVOMM_KERNELS", "cuda")
+    with pytest.raises(ConfigError, match="EVOMM_KERNELS='cuda' is not one of auto, numba, torch"):
+        materialize([make_slot((5,), 2)], recipe_for("linear", {"weight": [1, 1]}, 2))
+    monkeypatch.setenv("EVOMM_KERNELS", "numba")
+    monkeypatch.setattr(backend, "numba_available", lambda: False)
+    with pytest.raises(ConfigError, match="numba is not installed"):
+        materialize([make_slot((5,), 2)], recipe_for("linear", {"weight": [1, 1]}, 2))

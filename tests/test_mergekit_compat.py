@@ -257,3 +257,172 @@ def test_evomm_merge_command_gives_mergekits_tensors(checkpoints, case, tmp_path
     for name, expected in theirs.items():
         diff = (ours[name].float() - expected.float()).abs().max().item()
         assert diff <= TOLERANCE, f"{case}: {name} differs from mergekit by {diff}"
+
+
+# ---- bf16 checkpoints: many task-vector magnitudes tie at every trim threshold ----------------
+BF16_LAYERS = 2
+BF16_CASES = {
+    # mergekit's examples/ties.yml, on bf16 experts
+    "ties": """
+merge_method: ties
+base_model: {base}
+models:
+  - model: {ft1}
+    parameters: {{density: [1, 0.7, 0.1], weight: 1.0}}
+  - model: {ft2}
+    parameters: {{density: 0.5, weight: [0, 0.3, 0.7, 1]}}
+  - model: {ft3}
+    parameters:
+      density: 0.33
+      weight:
+        - filter: mlp
+          value: 0.5
+        - value: 0
+parameters: {{normalize: true, int8_mask: true}}
+dtype: {dtype}
+""",
+    "ties_rescale": """
+merge_method: ties
+base_model: {base}
+models:
+  - model: {ft1}
+    parameters: {{density: 0.3, weight: 0.6}}
+  - model: {ft2}
+    parameters: {{density: [0.9, 0.2], weight: 0.8}}
+parameters: {{normalize: false, rescale: true, lambda: 1.2}}
+dtype: {dtype}
+""",
+    "dare_ties_density_1": """
+merge_method: dare_ties
+base_model: {base}
+models:
+  - model: {ft1}
+    parameters: {{density: 1.0, weight: 0.7}}
+  - model: {ft2}
+    parameters: {{density: 1.0, weight: [0.2, 0.9]}}
+  - model: {ft3}
+    parameters: {{density: 1.0, weight: -0.3}}
+dtype: {dtype}
+""",
+    "della_density_1": """
+merge_method: della
+base_model: {base}
+models:
+  - model: {ft1}
+    parameters: {{density: 1.0, weight: 0.7, epsilon: 0.05}}
+  - model: {ft2}
+    parameters: {{density: 1.0, weight: [0.2, 0.9]}}
+parameters: {{epsilon: 0.05}}
+dtype: {dtype}
+""",
+    "breadcrumbs": """
+merge_method: breadcrumbs
+base_model: {base}
+models:
+  - model: {ft1}
+    parameters: {{weight: 0.6, density: 0.7, gamma: 0.05}}
+  - model: {ft2}
+    parameters: {{weight: 0.4, density: [0.5, 0.9], gamma: 0.1}}
+dtype: {dtype}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def bf16_checkpoints(tmp_path_factory):
+    """A bf16 base and three bf16 experts = base + 0.001 * randn (realistic shapes: 512 x 1376
+    MLP matrices, 7.4M parameters), whose task vectors take few distinct values."""
+    root = tmp_path_factory.mktemp("mergekit_bf16")
+    config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=BF16_LAYERS,
+                         num_attention_heads=8, num_key_value_heads=8, vocab_size=1024,
+                         max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config).to(torch.bfloat16)
+    base.save_pretrained(root / "base")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for i in (1, 2, 3):
+            tuned = LlamaForCausalLM(config).to(torch.bfloat16)
+            for name, param in tuned.named_parameters():
+                noise = 0.001 * torch.randn(param.shape, generator=g)
+                param.copy_((base.get_parameter(name).float() + noise).to(torch.bfloat16))
+            tuned.save_pretrained(root / f"ft{i}")
+    return root, {name: str(root / name) for name in ("base", "ft1", "ft2", "ft3")}, {}
+
+
+def mergekit_bf16(bf16_checkpoints, case: str, dtype: str) -> dict[str, torch.Tensor]:
+    root, paths, done = bf16_checkpoints
+    if (case, dtype) not in done:
+        done[(case, dtype)] = mergekit_merge(root, BF16_CASES[case].format(dtype=dtype, **paths), f"{case}_{dtype}")
+    return done[(case, dtype)]
+
+
+def test_bf16_task_vectors_tie_at_the_threshold(bf16_checkpoints):
+    """Guard against a vacuous comparison: entries at or above the k-th largest magnitude
+    outnumber k by more than 1% at the densities the cases use (keeping them all was the bug)."""
+    _, paths, _ = bf16_checkpoints
+    name = "model.layers.0.mlp.up_proj.weight"
+    base, ft1 = (load_file(f"{paths[m]}/model.safetensors")[name].float() for m in ("base", "ft1"))
+    magnitudes = (ft1 - base).abs().reshape(-1)
+    for density in (0.1, 0.2, 0.33, 0.7, 0.9):
+        k = int(density * magnitudes.numel())
+        at_least = int((magnitudes >= magnitudes.kthvalue(magnitudes.numel() - k + 1).values).sum())
+        assert at_least > 1.005 * k, density
+
+
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+@pytest.mark.parametrize("case", sorted(BF16_CASES))
+def test_evomm_merge_on_bf16_checkpoints_equals_mergekit(bf16_checkpoints, case, kernels, tmp_path, monkeypatch):
+    """`evomm merge` of the YAML computing in float32 (dtype: float32): mergekit's tensors, bit
+    for bit. With dtype: bfloat16 mergekit computes in bf16 (rounded task vectors, bf16 sums);
+    evomm computes in float32 and rounds once, so it writes mergekit's float32 result in bf16."""
+    from evomm.cli import main as cli_main
+
+    monkeypatch.setenv("EVOMM_KERNELS", kernels)
+    _, paths, _ = bf16_checkpoints
+    for dtype in ("float32", "bfloat16"):
+        config = tmp_path / f"{case}_{dtype}.yaml"
+        config.write_text(BF16_CASES[case].format(dtype=dtype, **paths))
+        assert cli_main(["merge", str(config), str(tmp_path / dtype), "--device", "cpu"]) == 0
+        ours = load_file(str(tmp_path / dtype / "model.safetensors"))
+        theirs = mergekit_bf16(bf16_checkpoints, case, "float32")
+        assert set(ours) == set(theirs)
+        for name, expected in theirs.items():
+            assert ours[name].dtype == getattr(torch, dtype)
+            assert torch.equal(ours[name], expected.to(ours[name].dtype)), (case, dtype, name)
+
+
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+@pytest.mark.parametrize("case", ["ties", "dare_ties_density_1"])
+def test_in_place_engine_on_bf16_checkpoints_equals_mergekit(bf16_checkpoints, case, kernels, monkeypatch):
+    """The search's path: the adapter's resident float32 target, merged in place, twice (the
+    second merge takes the cached magnitude index and tie orders)."""
+    from evomm.adapters.llm import LLMAdapter
+    from evomm.merging.engine import materialize
+    from evomm.interop.mergekit_config import recipe_from_mergekit
+
+    monkeypatch.setenv("EVOMM_KERNELS", kernels)
+    _, paths, _ = bf16_checkpoints
+    recipe = recipe_from_mergekit(yaml.safe_load(BF16_CASES[case].format(dtype="float32", **paths)))
+    adapter = LLMAdapter(models=recipe.models, base=recipe.base, dtype="float32", device="cpu",
+                         require_tokenizer=False)
+    theirs = mergekit_bf16(bf16_checkpoints, case, "float32")
+    for _ in range(2):
+        materialize(adapter.slots(), recipe)
+        for slot in adapter.slots():
+            assert torch.equal(slot.target, theirs[slot.name]), (case, slot.name)
+
+
+def test_a_mergekit_yaml_keeps_mergekits_ties_and_an_explicit_choice_wins():
+    """recipe_from_mergekit sets tie_order: mergekit for the magnitude trims (ties, breadcrumbs)
+    unless the YAML names one (an exported evomm recipe carries its own), and nothing elsewhere."""
+    from evomm.interop.mergekit_config import recipe_from_mergekit
+
+    def recipe(method, **top):
+        return recipe_from_mergekit({"merge_method": method, "base_model": "b", "parameters": top,
+                                     "models": [{"model": "a", "parameters": {"weight": 1.0}}]})
+
+    assert recipe("ties").method_params["tie_order"] == "mergekit"
+    assert recipe("breadcrumbs").method_params["tie_order"] == "mergekit"
+    assert recipe("ties", tie_order="index").method_params["tie_order"] == "index"
+    assert "tie_order" not in recipe("dare_ties").method_params

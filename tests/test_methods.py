@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -76,7 +78,7 @@ def test_mergekit_defaults():
     """normalize / rescale defaults follow mergekit, so a YAML without them means the same."""
     assert get_method("linear").global_params["normalize"] is True
     assert get_method("task_arithmetic").global_params["normalize"] is False
-    assert get_method("ties").global_params == {"normalize": True, "lambda": 1.0, "rescale": False}
+    assert get_method("ties").global_params == {"normalize": True, "lambda": 1.0, "rescale": False, "tie_order": "index"}
     for name in ("dare_ties", "dare_linear"):
         defaults = {"normalize": False, "lambda": 1.0, "rescale": True}
         assert get_method(name).global_params == defaults
@@ -206,10 +208,124 @@ def test_trim_keeps_exactly_the_top_k_magnitudes(values, density):
     assert torch.equal(kept[list(top)], delta[list(top)])  # kept values are not changed
 
 
-def test_trim_keeps_all_entries_tied_at_the_threshold():
+def mergekit_sparsify():
+    return pytest.importorskip("mergekit.sparsify", reason="mergekit is not installed")
+
+
+def tied_delta(seed: int, n: int, levels: int) -> torch.Tensor:
+    """A task vector of few distinct magnitudes (as bf16 checkpoints give): many ties."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-levels, levels + 1, (n,), generator=g).float() * 0.125
+
+
+def test_trim_keeps_k_entries_and_breaks_ties_by_the_tie_order():
     delta = torch.tensor([3.0, -2.0, 2.0, 1.0])
-    kept = trim_magnitude(delta, 0.5)  # k = 2; the 2nd largest magnitude 2 occurs twice
-    assert kept.tolist() == [3.0, -2.0, 2.0, 0.0]
+    assert trim_magnitude(delta, 0.5).tolist() == [3.0, -2.0, 0.0, 0.0]  # k = 2; |2| occurs twice
+    for n, levels in ((100, 3), (5000, 4), (70_000, 20)):
+        delta = tied_delta(n, n, levels)
+        for density in (0.01, 0.3, 0.5, 0.77):
+            k = max(1, int(density * n))
+            for tie_order, stable in (("index", True), ("mergekit", False)):  # mergekit: torch's CPU argsort
+                order = torch.argsort(delta.abs(), descending=True, stable=stable)
+                expected = torch.zeros_like(delta)
+                expected[order[:k]] = delta[order[:k]]
+                kept = trim_magnitude(delta, density, tie_order=tie_order)
+                assert torch.equal(kept, expected), (n, levels, density, tie_order)
+
+
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+@pytest.mark.parametrize("shape", [(37,), (64, 129), (3, 40, 50)])
+def test_trims_equal_mergekits_sparsify_on_tied_magnitudes(kernels, shape, monkeypatch):
+    """mergekit's own magnitude and magnitude_outliers on bf16-like task vectors (many ties)."""
+    sparsify = mergekit_sparsify()
+    monkeypatch.setenv("EVOMM_KERNELS", kernels)
+    g = torch.Generator().manual_seed(len(shape))
+    base = torch.randn(shape, generator=g).bfloat16()
+    source = (base.float() + 0.01 * torch.randn(shape, generator=g)).bfloat16()
+    delta = source.float() - base.float()
+    for density in (0.1, 0.5, 0.9):
+        for rescale in (False, True):
+            norm = sparsify.RescaleNorm.l1 if rescale else None
+            assert torch.equal(trim_magnitude(delta, density, rescale, "mergekit"),
+                               sparsify.magnitude(delta, density, rescale_norm=norm)), (density, rescale)
+        for gamma in (0.0, 0.05, 0.3):
+            assert torch.equal(trim_outliers(delta, density, gamma, tie_order="mergekit"),
+                               sparsify.magnitude_outliers(delta, density, gamma=gamma)), (density, gamma)
+            # index order: the same entries as a stable ascending sort keeps
+            n = delta.numel()
+            keep, n_top = int(density * n), int(gamma * n)
+            start = max(0, n - keep - n_top)
+            order = torch.sort(delta.abs().reshape(-1), stable=True).indices[start:start + keep]
+            expected = torch.zeros(n)
+            expected[order] = delta.reshape(-1)[order]
+            assert torch.equal(trim_outliers(delta, density, gamma), expected.reshape(shape)), (density, gamma)
+
+
+@pytest.mark.parametrize("shape", [(50,), (16, 40)])
+def test_della_keep_probabilities_are_mergekits(shape, monkeypatch):
+    """The deterministic half of DELLA: the keep probability of every entry, tied magnitudes
+    included, equals what mergekit's della_magprune hands to torch.bernoulli."""
+    sparsify = mergekit_sparsify()
+    from evomm.merging.sparsify import keep_probabilities
+
+    delta = tied_delta(1, math.prod(shape), 5).reshape(shape)
+    seen = []
+    real = torch.bernoulli
+    monkeypatch.setattr(sparsify.torch, "bernoulli", lambda p: seen.append(p.clone()) or real(p))
+    sparsify.della_magprune(delta, 0.4, 0.15)
+    rows = delta.reshape(1, -1) if delta.dim() == 1 else delta
+    assert torch.equal(keep_probabilities(rows, 0.4, 0.15), seen[0])
+
+
+def test_tie_order_is_checked():
+    spec = get_method("ties")
+    spec.check_params({"weight": [1.0], "tie_order": "mergekit"}, 1)
+    with pytest.raises(ConfigError, match="'tie_order' must be one of index, mergekit, got 'stable'"):
+        spec.check_params({"weight": [1.0], "tie_order": "stable"}, 1)
+
+
+def test_a_della_recipe_with_its_own_epsilon_passes_the_recipe_check():
+    """mergekit's della example: density 0.1 with epsilon 0.05 is valid; each value was
+    checked alone and the density was paired with the default epsilon 0.15."""
+    from evomm.recipe.recipe import Entry, Recipe, check_recipe
+
+    params = {"weight": [1.0, [0, 0.3, 0.7, 1]], "density": [[1, 0.7, 0.1], 0.5], "epsilon": [0.05, 0.05]}
+    check_recipe(Recipe(adapter="llm", method="della", models=["a", "b"], base="c", entries=[Entry(params=params)]))
+    spec = get_method("della")
+    spec.check_params({"weight": [1.0, 1.0], "density": [0.1, 0.5], "epsilon": [0.05, 0.05]}, 2)
+    with pytest.raises(ConfigError, match=r"density 0\.1 \+/- epsilon 0\.15"):  # the default, at merge time
+        spec.merge(torch.zeros(4), [torch.ones(4), torch.ones(4)], {"weight": [1.0, 1.0], "density": [0.1, 0.5]}, seed=0)
+
+
+def test_sorted_slice_is_torchs_cpu_sort_in_any_range():
+    """The replayed sort against torch.sort on the CPU: ties, NaN, any range, both directions."""
+    from evomm.merging.topk import sorted_slice
+
+    g = np.random.default_rng(0)
+    for trial in range(150):
+        n = int(g.choice([1, 2, 16, 17, 40, 1000, 20_000]))
+        values = (g.integers(0, [1, 2, 3, 50, 10**6][trial % 5], n) * 0.5).astype(np.float32)
+        if trial % 7 == 0:
+            values[g.integers(0, n, max(1, n // 30))] = np.nan
+        descending = bool(trial % 2)
+        start = int(g.integers(0, n + 1))
+        stop = int(g.integers(start, n + 1))
+        order = torch.sort(torch.from_numpy(values), descending=descending).indices.numpy()
+        assert np.array_equal(sorted_slice(values, descending, start, stop), order[start:stop]), trial
+
+
+def test_the_replayed_heap_sort_sorts():
+    """Past its depth limit std::sort heap-sorts a partition; forced here with a depth of 0."""
+    pytest.importorskip("numba")
+    from evomm.merging.sort_kernels import sort_range
+
+    values = (np.random.default_rng(1).integers(0, 7, 500) * 0.5).astype(np.float32)
+    for descending in (True, False):
+        vals, idx = values.copy(), np.arange(values.size, dtype=np.int64)
+        sort_range(vals, idx, descending, 0, values.size, 0)
+        expected = np.sort(values)[::-1] if descending else np.sort(values)
+        assert np.array_equal(vals, expected) and np.array_equal(values[idx], vals)
+        assert np.array_equal(np.sort(idx), np.arange(values.size))
 
 
 def test_ties_rescale_matches_the_l1_norm_of_the_untrimmed_delta():

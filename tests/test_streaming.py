@@ -86,21 +86,83 @@ def assert_same_weights(dir_a, dir_b):
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.fixture(params=["numba", "torch"])
+def kernels_path(request, monkeypatch):
+    """The streamed merge on both CPU paths; the in-memory one it is compared with on the
+    default path (numba here), so the two paths are compared too."""
+    monkeypatch.setenv("EVOMM_KERNELS", request.param)
+    return request.param
+
+
+def in_memory_default(recipe, out_dir, monkeypatch):
+    monkeypatch.delenv("EVOMM_KERNELS", raising=False)
+    in_memory(recipe, out_dir)
+
+
 @pytest.mark.parametrize("method", list(PARAMS))
-def test_streamed_equals_in_memory_merge(method, builtin_refs, tmp_path):
+def test_streamed_equals_in_memory_merge(method, builtin_refs, tmp_path, kernels_path, monkeypatch):
     models, base = builtin_refs
     recipe = recipe_for(method, models, base)
+    stream_merge(recipe, tmp_path / "streamed", device="cpu")
+    in_memory_default(recipe, tmp_path / "memory", monkeypatch)
+    assert_same_weights(tmp_path / "streamed", tmp_path / "memory")
+
+
+def test_della_with_a_configs_epsilon_and_layer_densities(builtin_refs, tmp_path):
+    """mergekit's della example: densities [1, 0.7, 0.1] over the layers with epsilon 0.05
+    (density 0.1 +/- 0.15, the default epsilon, would not be valid); streamed equals in memory."""
+    models, base = builtin_refs
+    config = {"merge_method": "della", "base_model": base, "dtype": "float32",
+              "parameters": {"normalize": True, "epsilon": 0.05},
+              "models": [{"model": models[0], "parameters": {"weight": 1.0, "density": [1, 0.7, 0.1]}},
+                         {"model": models[1], "parameters": {"weight": [0, 0.3, 0.7, 1], "density": 0.5}}]}
+    path = tmp_path / "della.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli_main(["merge", str(path), str(tmp_path / "out"), "--device", "cpu"]) == 0
+    from evomm.interop.mergekit_config import recipe_from_mergekit
+
+    in_memory(recipe_from_mergekit(config), tmp_path / "memory")
+    assert_same_weights(tmp_path / "out", tmp_path / "memory")
+
+
+def test_della_epsilon_too_wide_for_a_layer_is_refused_before_writing(builtin_refs, tmp_path):
+    models, base = builtin_refs
+    recipe = Recipe(adapter="llm", method="della", models=models, base=base, seed=1,
+                    adapter_options={"dtype": "float32"},
+                    entries=[Entry(params={"weight": [1.0, 1.0], "density": [[1.0, 0.1], 0.5],
+                                           "epsilon": [0.15, 0.1]})])
+    with pytest.raises(ConfigError, match=r"density 0\.1 \+/- epsilon 0\.15 .*tensor model\.layers\.1"):
+        stream_merge(recipe, tmp_path / "streamed", device="cpu")
+    assert not (tmp_path / "streamed").exists()
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_bf16_checkpoints_with_tied_magnitudes(method, builtin_refs, tmp_path, kernels_path, monkeypatch):
+    """bf16 experts = base + 1e-3 * randn: many magnitudes tie at every TIES threshold."""
+    models, base = builtin_refs
+    root = tmp_path / "bf16"
+    refs = []
+    for i in range(3):
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+        if i < 2:
+            torch.manual_seed(i)
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.add_(1e-3 * torch.randn_like(param.float()).to(param.dtype))
+        model.save_pretrained(root / f"m{i}")
+        refs.append(str(root / f"m{i}"))
+    recipe = recipe_for(method, refs[:2], refs[2], dtype="bfloat16")
     stream_merge(recipe, tmp_path / "streamed", device="cpu")
     in_memory(recipe, tmp_path / "memory")
     assert_same_weights(tmp_path / "streamed", tmp_path / "memory")
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_sharded_bf16_sources(dtype, sharded_bf16, tmp_path):
+def test_sharded_bf16_sources(dtype, sharded_bf16, tmp_path, kernels_path, monkeypatch):
     models, base = sharded_bf16
     recipe = recipe_for("ties", models, base, dtype=dtype)
     stream_merge(recipe, tmp_path / "streamed", device="cpu", max_shard_size="30KB")
-    in_memory(recipe, tmp_path / "memory")
+    in_memory_default(recipe, tmp_path / "memory", monkeypatch)
     assert_same_weights(tmp_path / "streamed", tmp_path / "memory")
     config = json.loads((tmp_path / "streamed" / "config.json").read_text())
     assert config["dtype"] == dtype

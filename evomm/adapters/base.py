@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from evomm.merging.slots import TensorSlot
+from evomm.merging.slots import TensorSlot  # noqa: F401 - re-exported: adapters build slots
 
 
 @runtime_checkable

@@ -58,24 +58,28 @@ def load_config(ref: str):
     return load_or_explain(ref, lambda r: AutoConfig.from_pretrained(r), "model config")
 
 
+# The config fields that decide whether two checkpoints can be merged tensor for tensor.
+SIZE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
+             "num_attention_heads", "num_key_value_heads", "vocab_size")
+
+
 def check_llm_configs(refs: list[str]) -> list:
     """Refuse models of different architectures or sizes before any weights load; their configs."""
     configs = [load_config(r) for r in refs]
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
-            "num_attention_heads", "num_key_value_heads", "vocab_size")
-    ref0, cfg0 = refs[0], configs[0]
-    for ref, cfg in zip(refs[1:], configs[1:]):
-        diffs = [
-            f"{k}: {getattr(cfg0, k, None)} vs {getattr(cfg, k, None)}"
-            for k in keys
-            if getattr(cfg0, k, None) != getattr(cfg, k, None)
-        ]
+    check_sizes(refs, [{k: getattr(c, k, None) for k in SIZE_KEYS} for c in configs])
+    return configs
+
+
+def check_sizes(refs: list[str], fields: list[dict]) -> None:
+    """The same check on plain config.json dicts (``evomm merge`` reads them without transformers)."""
+    ref0, cfg0 = refs[0], fields[0]
+    for ref, cfg in zip(refs[1:], fields[1:]):
+        diffs = [f"{k}: {cfg0.get(k)} vs {cfg.get(k)}" for k in SIZE_KEYS if cfg0.get(k) != cfg.get(k)]
         if diffs:
             raise IncompatibleModelsError(
                 f"'{ref}' does not match '{ref0}' ({'; '.join(diffs)}). "
                 "Merge models of the same architecture and size."
             )
-    return configs
 
 
 class LLMAdapter:

@@ -92,6 +92,8 @@ def recipe_from_mergekit(d: dict) -> Recipe:
         entry_params[name] = values
     # Top-level per-source values were folded into the entry above as fallbacks.
     method_params = {k: v for k, v in top.items() if k not in spec.tensor_params and k != "int8_mask"}
+    if "tie_order" in spec.global_params:  # a mergekit YAML keeps the ties mergekit keeps
+        method_params.setdefault("tie_order", "mergekit")
     dtype = d.get("dtype")
     if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
         raise ConfigError(f"mergekit config: dtype must be float32, float16 or bfloat16, got {dtype!r}")

@@ -3,8 +3,8 @@
 One call reads the base and every source once and writes the merged tensor once: the task
 vectors, the TIES trim or DARE mask, the weights, the sign election, the divisor and lambda are
 all computed per element in registers (a vectorised loop). A merge through torch operations
-instead makes ~25 passes over its buffers; fused, it runs at 1.5-2.5x a streaming pass
-(``bench/materialize.py``). Elements go in blocks of ``BLOCK`` only so that the rare blocks
+instead makes ~25 passes over its buffers; fused, it runs near a streaming pass (figures:
+``bench/materialize.py``, README). Elements go in blocks of ``BLOCK`` only so that the rare blocks
 holding TIES window entries can be scanned again while they are in the cache.
 
 The arithmetic is the reference's (``evomm.merging.methods``), operation for operation in
@@ -134,7 +134,7 @@ def kth_largest(values, rank):
     A non-negative float32 is ordered by its bits: a radix selection on them keeps, per round,
     the one of RADIX buckets (of the bits between the smallest and the largest) that holds the
     rank-th largest, so a round narrows the range 4096-fold and three cover 32 bits. About
-    one histogram pass over the values; numpy's partition takes ~3x as long.
+    one histogram pass over the values, cheaper than numpy's partition.
     """
     bits = values.view(np.uint32)
     counts = np.empty(RADIX, np.int64)
@@ -205,7 +205,7 @@ def _windows_listed(base, sources, lo, hi, counts, found, found_n):
 
     The flags are computed vectorised, the groups of 4 holding a flagged entry are listed
     without a branch, and only those are copied (a branch per group mispredicts once for every
-    group with an entry). Listing and copying cost about 40% of the pass.
+    group with an entry).
     """
     n = base.size
     values = np.empty(BLOCK, np.float32)
@@ -245,8 +245,8 @@ def _pack_inside(typingctx, values, start, bottom, top, out, at):
     """Copy the values[start:start + 16] strictly between bottom and top to out[at:], in order;
     returns how many. AVX-512's compress packs them in a register and one store writes all 16
     lanes: up to 15 entries after the packed ones are overwritten with junk. (LLVM's
-    compress-store, whose instruction stores to memory itself, made the pass 5x slower on the
-    project's AMD CPU: 2.85 against 0.58 ns per entry.)"""
+    compress-store, whose instruction stores to memory itself, was several times slower on an
+    AMD CPU.)"""
     if not (isinstance(values, types.Array) and isinstance(out, types.Array) and values.layout == "C"
             and out.layout == "C" and values.dtype == types.float32 and out.dtype == types.float32):
         return None
@@ -278,9 +278,8 @@ def _pack_inside(typingctx, values, start, bottom, top, out, at):
 
 @njit(nogil=True, cache=True)
 def _windows_packed(base, sources, lo, hi, counts, found, found_n):
-    """magnitude_windows with AVX-512: 16 magnitudes at a time go through ``_pack_inside``.
-    A third faster than the listed copy: 0.58-0.61 against 0.83-0.87 ns per entry on one
-    thread (24 tensors of 1.57M entries, two sources, windows of 2.2%)."""
+    """magnitude_windows with AVX-512: 16 magnitudes at a time go through ``_pack_inside``,
+    faster than the listed copy (figures in the README)."""
     n = base.size
     values = np.zeros(BLOCK, np.float32)
     room = found.shape[1] - BLOCK
@@ -422,7 +421,7 @@ def merge_task_vectors(base, sources, out, offset, weight, threshold, random, ke
         # One copy of the loop per case, each compiled without the branches. The elect loops
         # count window entries only when there is a window (the count costs them up to a third);
         # the plain sums always count, since without the count the compiler vectorises them
-        # worse (measured: dare_linear 1.2 instead of 0.93 ns per element).
+        # worse (dare_linear measured slower without it).
         if random and elect:
             for jj in range(s0, s1):
                 j = np.uint64(jj)

@@ -19,6 +19,7 @@ path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ from evomm.merging.slots import TensorSlot
 from evomm.adapters.loading import compare_shapes, pick_device, resolve_ref, torch_dtype
 from evomm.errors import ConfigError
 from evomm.merging.engine import materialize
+from evomm.merging.methods import get_method
 from evomm.recipe.recipe import Recipe
 
 SINGLE_FILE = "model.safetensors"
@@ -155,7 +157,39 @@ class _Layout:
     n_layers: int
 
 
-def _layout(config, names_on_disk: set[str]) -> _Layout | str:
+def _layout(refs: list[str], names_on_disk: set[str]) -> _Layout | str:
+    """The tensor layout of the sources' model, or why it cannot be streamed; sizes checked.
+
+    Building it needs transformers' config and model classes (on the meta device), and in
+    transformers 5 importing them costs more than a small merge itself. The result depends only
+    on config.json, the names on disk and the transformers version, so it is kept under
+    $EVOMM_HOME/layouts, and a later ``evomm merge`` of the same architecture reads the
+    config.json files as JSON and skips those imports.
+    """
+    from importlib.metadata import version
+
+    from evomm.adapters.llm import check_llm_configs, check_sizes
+    from evomm.builtin import evomm_home
+
+    raw = [json.loads((Path(r) / "config.json").read_text()) for r in refs]
+    key = hashlib.sha256(json.dumps([raw[0], sorted(names_on_disk), version("transformers")],
+                                    sort_keys=True).encode()).hexdigest()[:32]
+    cached = evomm_home() / "layouts" / f"{key}.json"
+    if cached.is_file():
+        check_sizes(refs, raw)
+        known = json.loads(cached.read_text())
+        return known if isinstance(known, str) else _Layout(known["order"], set(known["merged"]), known["n_layers"])
+    layout = _build_layout(check_llm_configs(refs)[0], names_on_disk)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    doc = layout if isinstance(layout, str) else {"order": layout.order, "merged": sorted(layout.merged),
+                                                    "n_layers": layout.n_layers}
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, cached)  # atomic: a concurrent merge reads the old file or the whole new one
+    return layout
+
+
+def _build_layout(config, names_on_disk: set[str]) -> _Layout | str:
     from transformers import AutoModelForCausalLM
 
     try:
@@ -269,8 +303,6 @@ def stream_merge(
     files = _local_checkpoints(recipe)
     if isinstance(files, str):
         raise NotStreamable(f"this recipe cannot be streamed: {files}")
-    from evomm.adapters.llm import check_llm_configs, group_t, llm_group
-
     max_bytes = parse_size(max_shard_size)
     options = recipe.adapter_options
     dtype = torch_dtype(options.get("dtype", "float32"))
@@ -281,10 +313,10 @@ def stream_merge(
     models = [str(Path(resolve_ref(r)).expanduser()) for r in recipe.models]
     base = str(Path(resolve_ref(recipe.base)).expanduser()) if recipe.base else None
     refs = models + ([base] if base else [])
-    config = check_llm_configs(refs)[0]
-    layout = _layout(config, set(files[0]))
+    layout = _layout(refs, set(files[0]))
     if isinstance(layout, str):
         raise NotStreamable(f"this recipe cannot be streamed: {layout}")
+    _check_every_tensor(recipe, layout)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,57 +329,16 @@ def stream_merge(
         for name in layout.order:
             stored = readers[0]._handle(name).get_slice(name).get_dtype()
             floating = stored in ("F32", "F16", "BF16", "F64")
-            out_dtype = dtype if floating else _torch_dtype_of(stored)
-            entries.append((name, out_dtype, shapes[0][name]))
+            entries.append((name, dtype if floating else _torch_dtype_of(stored), shapes[0][name]))
         shards = _shards(entries, max_bytes)
         names = (
             [SINGLE_FILE] if len(shards) == 1
             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         )
-        n_sources = len(models)
-
-        def merged(name: str, out_dtype: torch.dtype) -> torch.Tensor:
-            if name not in layout.merged:  # a persistent buffer: the target's (source 0's)
-                return readers[0].tensor(name).to(out_dtype)
-            # As from_pretrained(dtype=...) loads them: each source cast to the adapter dtype.
-            tensors = [r.tensor(name).to(dtype) for r in readers]
-            group = llm_group(name)
-            target = torch.empty(tensors[0].shape, dtype=dtype, device=compute)
-            slot = TensorSlot(
-                name=name, group=group, t=group_t(group, layout.n_layers), target=target,
-                sources=tensors[:n_sources], base=tensors[n_sources] if base else None,
-            )
-            materialize([slot], recipe, threads=1)
-            return target
-
-        # CPU: as many workers as torch has threads, each merging one tensor single-threaded and
-        # writing it to its place in its shard; peak memory stays one tensor per source and worker.
-        workers = max(1, torch.get_num_threads()) if compute.type == "cpu" else 1
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ExitStack() as files_open, ThreadPoolExecutor(max_workers=workers) as pool:
-                writers = []
-                for file_name, shard in zip(names, shards):
-                    writers.append(_ShardWriter(out_dir / file_name, shard))
-                    files_open.callback(writers[-1].close)
-
-                def merge_and_write(writer: _ShardWriter, name: str, out_dtype: torch.dtype) -> None:
-                    writer.write(name, merged(name, out_dtype))
-
-                futures = [pool.submit(merge_and_write, writer, name, out_dtype)
-                           for writer, shard in zip(writers, shards) for name, out_dtype, _ in shard]
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-            for file_name in names:
-                log(f"  wrote {file_name}")
-        finally:
-            torch.set_num_threads(previous)
+        merge = _TensorMerge(recipe, layout, readers, dtype, compute, n_sources=len(models), has_base=bool(base))
+        _write_shards(out_dir, names, shards, merge, workers=max(1, torch.get_num_threads()) if compute.type == "cpu" else 1)
+        for file_name in names:
+            log(f"  wrote {file_name}")
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": sum(_numel(s) * torch.empty((), dtype=d).element_size() for _, d, s in entries)},
@@ -356,6 +347,81 @@ def stream_merge(
             (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     _copy_side_files(Path(models[0]), Path(models[tokenizer_from]), out_dir, dtype)
     return out_dir
+
+
+def _check_every_tensor(recipe: Recipe, layout: _Layout) -> None:
+    """Every merged tensor's parameters, checked before anything is read or written (a check
+    across parameters, such as DELLA's density +/- epsilon, depends on the layer's values)."""
+    from evomm.adapters.llm import group_t, llm_group
+
+    spec = get_method(recipe.method)
+    n, seen = len(recipe.models), set()
+    for name in layout.order:
+        if name not in layout.merged:
+            continue
+        group = llm_group(name)
+        params = recipe.params_for(group, name, group_t(group, layout.n_layers))
+        key = repr(sorted(params.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            spec.check_params(spec.with_defaults(params, n), n)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (tensor {name}, group {group})") from None
+
+
+class _TensorMerge:
+    """One tensor's merge from the open checkpoints (a persistent buffer: source 0's copy)."""
+
+    def __init__(self, recipe: Recipe, layout: _Layout, readers: list[_Reader], dtype: torch.dtype,
+                 compute: torch.device, n_sources: int, has_base: bool):
+        self.recipe, self.layout, self.readers, self.dtype = recipe, layout, readers, dtype
+        self.compute, self.n_sources, self.has_base = compute, n_sources, has_base
+
+    def __call__(self, name: str, out_dtype: torch.dtype) -> torch.Tensor:
+        from evomm.adapters.llm import group_t, llm_group
+
+        if name not in self.layout.merged:  # a persistent buffer: the target's (source 0's)
+            return self.readers[0].tensor(name).to(out_dtype)
+        # As from_pretrained(dtype=...) loads them: each source cast to the adapter dtype.
+        tensors = [r.tensor(name).to(self.dtype) for r in self.readers]
+        group = llm_group(name)
+        target = torch.empty(tensors[0].shape, dtype=self.dtype, device=self.compute)
+        slot = TensorSlot(
+            name=name, group=group, t=group_t(group, self.layout.n_layers), target=target,
+            sources=tensors[:self.n_sources], base=tensors[self.n_sources] if self.has_base else None,
+        )
+        materialize([slot], self.recipe, threads=1)
+        return target
+
+
+def _write_shards(out_dir: Path, names: list[str], shards: list[list], merge: _TensorMerge, workers: int) -> None:
+    """CPU: as many workers as torch has threads, each merging one tensor single-threaded and
+    writing it to its place in its shard; peak memory stays one tensor per source and worker."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ExitStack() as files_open, ThreadPoolExecutor(max_workers=workers) as pool:
+            writers = []
+            for file_name, shard in zip(names, shards):
+                writers.append(_ShardWriter(out_dir / file_name, shard))
+                files_open.callback(writers[-1].close)
+
+            def merge_and_write(writer: _ShardWriter, name: str, out_dtype: torch.dtype) -> None:
+                writer.write(name, merge(name, out_dtype))
+
+            futures = [pool.submit(merge_and_write, writer, name, out_dtype)
+                       for writer, shard in zip(writers, shards) for name, out_dtype, _ in shard]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _torch_dtype_of(name: str) -> torch.dtype:
