@@ -17,6 +17,7 @@ from evomm.adapters.loading import check_ref
 from evomm.errors import ConfigError
 from evomm.merging.methods import get_method
 from evomm.recipe.recipe import check_settings, fixed_params
+from evomm.search.scoring import FitnessSettings
 from evomm.search.space import GRANULARITIES
 
 
@@ -51,6 +52,11 @@ def validate_config(c: dict) -> None:
     _validate_final_eval(c)
     if not isinstance(c.get("resample_fitness", False), bool):
         raise ConfigError(f"resample_fitness must be true or false, got {c['resample_fitness']!r}")
+    fitness = FitnessSettings.from_config(c.get("fitness"), resample=bool(c.get("resample_fitness")))
+    optimizer_cls = plugins.load_class("optimizer", plugins.reference(c["optimizer"], "optimizer"))
+    if fitness.racing and getattr(optimizer_cls, "multi_objective", False):
+        raise ConfigError("fitness.racing ranks candidates by one fitness, but the optimizer is multi-objective; "
+                          "set fitness.racing=false")
 
 
 def check_models_available(c: dict) -> None:

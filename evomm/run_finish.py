@@ -20,6 +20,7 @@ from evomm.tracking.plots import plot_fitness, plot_recipe_heatmap
 from evomm.tracking.report import BEST_FILE
 from evomm.tracking.results import results_markdown, write_results
 from evomm.tracking.route_plot import plot_route
+from evomm.search.scoring import describe_items, items_scored
 
 OUTPUTS = ("best_recipe.yaml", BEST_FILE, "history.jsonl", "fitness.png", "recipe_heatmap.png", "route.png",
            PARETO_FILE, FRONT_DIR, "pareto.png", "pareto_heldout.png", "results.md")
@@ -43,11 +44,14 @@ def finish(c: dict, run_dir: Path, space: Any, adapter: Any, task: Any, extra_ta
     logger.log_artifact(run_dir / "best_recipe.yaml", name="best_recipe", kind="recipe")
     if rows:
         logger.log_artifact(run_dir / "results.json", name="results", kind="results")
-    logger.summary({"best_fitness": state.best["fitness"] if state.best else None, "evaluations": len(state.history)})
+    scored, full = items_scored(state.history)
+    logger.summary({"best_fitness": state.best["fitness"] if state.best else None, "evaluations": len(state.history),
+                    "items_scored": scored + progress.extra_items, "items_full_evaluation": full})
     logger.finish()
 
     progress.print("")
-    progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations")
+    progress.print(f"done: {len(state.history)} evaluations in {state.generation} generations, "
+                   f"{describe_items(scored, full, progress.extra_items)} scored")
     written = [n for n in OUTPUTS if (run_dir / n).exists()]
     if (run_dir / "merged").exists():
         written.append("merged/ (with its model card README.md)")
@@ -132,6 +136,8 @@ def candidate_rows(history: list[dict]) -> list[dict]:
             "seconds": h["seconds"],
             "error": h["error"] or "",
             "cached": bool(h.get("cached", False)),
+            "items": int(h.get("items") or 0),  # fitness items scored (racing stops some early)
+            "stopped_early": bool(h.get("stopped_early", False)),
             **h["params"],
             **{f"metric/{k}": v for k, v in h["metrics"].items()},
         }

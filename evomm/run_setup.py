@@ -16,6 +16,7 @@ from evomm.search import checkpoint
 from evomm.search.checkpoint import SearchState
 from evomm.search.objectives import objective_names
 from evomm.search.route_space import RouteSpace
+from evomm.search.scoring import FitnessSettings
 from evomm.tasks import build_task_from, validate_for_evaluation
 from evomm.tasks.base import Resampling
 
@@ -41,6 +42,9 @@ def search_fingerprint(c: dict) -> str:
     if c.get("resample_fitness"):  # only when on, so that older checkpoints still resume
         relevant["resample_fitness"] = True
     relevant["optimizer"] = {k: v for k, v in (c.get("optimizer") or {}).items() if k not in ("generations", "max_evals")}
+    fitness = FitnessSettings.from_config(c.get("fitness"), bool(c.get("resample_fitness"))).fingerprint()
+    if fitness is not None:  # likewise: racing and item selection change what a search computes
+        relevant["fitness"] = fitness
     return checkpoint.fingerprint(relevant)
 
 

@@ -24,9 +24,11 @@ from evomm.run_finish import candidate_rows, finish, save_best
 from evomm.run_setup import Start, build_tasks, resolve_run_dir, start_search
 from evomm.search import checkpoint, distributed
 from evomm.search.build import build_search
+from evomm.search.item_pool import item_pool
 from evomm.search.loop import Problem, SearchFailed, search
 from evomm.search.objectives import generation_stats
 from evomm.search.route_space import RouteSpace
+from evomm.search.scoring import FitnessSettings, Racing, items_scored
 from evomm.tracking.history import HistoryWriter
 from evomm.tracking.loggers import build_logger
 from evomm.tracking.plots import plot_fitness
@@ -63,8 +65,13 @@ def run(cfg: DictConfig | dict) -> dict:
     progress = Progress(generations, start_generation=start.state.generation)
     progress.print(f"evomm: {_header(adapter, space, start, generations, load_seconds)}")
     progress.print(f"run directory: {run_dir}")
+    fitness = FitnessSettings.from_config(c.get("fitness"), problem.resample)
     try:
-        state = _search(problem, start, generations, run_dir, ranks, logger, progress)
+        problem.pool, selection = item_pool(run_dir, adapter, task, fitness, c["seed"], log=progress.print)
+        progress.extra_items = selection["items_scored"] if selection else 0
+        mu = getattr(start.optimizer, "mu", None) or max(1, start.optimizer.popsize // 2)
+        racing = Racing(fitness, mu, c["seed"]) if fitness.racing else None
+        state = _search(problem, start, generations, run_dir, ranks, logger, progress, racing)
     finally:
         ranks.release()  # the other ranks stop waiting for populations and exit
     rows = finish(c, run_dir, space, adapter, task, extra_tasks, state, logger, progress)
@@ -83,13 +90,17 @@ def _header(adapter: Any, space: Any, start: Start, generations: int, load_secon
 
 
 def _search(problem: Problem, start: Start, generations: int, run_dir: Path, ranks: Any, logger: Any,
-            progress: Progress):
+            progress: Progress, racing: Racing | None = None):
     """The search, with one checkpoint per generation; Ctrl-C keeps every finished generation."""
     optimizer, history = start.optimizer, HistoryWriter(run_dir / "history.jsonl", existing=start.state.history)
 
     def on_generation(state, entries: list[dict]) -> None:
         scores = torch.tensor([e["fitness"] for e in entries if e["fitness"] is not None], dtype=torch.float64)
+        scored, full = items_scored(state.history)
         logger.log_generation(state.generation, {
+            "items/scored": scored + progress.extra_items,  # fitness items, item selection included
+            "items/full_evaluation": full,
+            "gen/stopped_early": sum(bool(e.get("stopped_early")) for e in entries),
             "gen/best": float(scores.max()),
             "gen/mean": float(scores.mean()),
             "gen/std": float(scores.std(unbiased=False)),
@@ -104,7 +115,8 @@ def _search(problem: Problem, start: Start, generations: int, run_dir: Path, ran
     state = start.state
     try:
         return search(problem, optimizer, state, generations, on_candidate=history.append,
-                      on_generation=on_generation, evaluate_population=distributed.population_evaluator(problem, ranks))
+                      on_generation=on_generation, evaluate_population=distributed.population_evaluator(problem, ranks),
+                      racing=racing)
     except SearchFailed as e:
         logger.log_candidates(candidate_rows(state.history))
         logger.finish()

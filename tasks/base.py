@@ -6,6 +6,14 @@ the search may use (``fitness_split``) and the split it reports on (``heldout_sp
 refuses to evolve on the held-out split unless told to. Generation settings and samples are fixed
 and seeded, so the same model always gets the same score.
 
+Per-item scores are the common currency of the search: ``evaluate(handle, split, items)`` scores
+only the listed items of the split's item list (``None``: all of them; for the fitness split that
+list is its fixed seeded sample) and returns, besides the floats, ``item_scores``: one float per
+scored item, in the order scored. ``fitness`` is their mean (a task whose fitness is another
+aggregate weights its item scores so that their mean over the whole list is that aggregate).
+``num_items(split)`` is the length of the list. Racing (stop scoring a candidate that cannot be
+selected) and item selection (score on the items that separate models) rely on nothing else.
+
 A task whose fitness split is a seeded sample of a larger pool can also redraw that sample
 (``resample_fitness: true`` in the run config): it mixes in :class:`Resampling`, and the search
 calls ``resample(generation)`` before scoring each generation's candidates.
@@ -13,7 +21,11 @@ calls ``resample(generation)`` before scoring each generation's candidates.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, TypeVar, runtime_checkable
+
+import numpy as np
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -29,8 +41,44 @@ class Task(Protocol):
         Raises ``evomm.errors.ConfigError`` with a message that says what to change.
         """
 
-    def evaluate(self, handle: Any, split: str) -> dict[str, float]:
-        """Score the handle on ``split``; the result holds ``fitness`` plus explanatory metrics."""
+    def evaluate(self, handle: Any, split: str, items: Sequence[int] | None = None) -> dict[str, Any]:
+        """Score the handle on ``items`` of ``split`` (None: all).
+
+        The result holds ``fitness`` and explanatory float metrics over the scored items, and
+        ``item_scores``: one float per scored item, in the order of ``items``.
+        """
+
+    def num_items(self, split: str) -> int:
+        """How many items ``evaluate(handle, split)`` scores; ``items`` index into them."""
+
+
+def pick(records: Sequence[T], items: Sequence[int] | None, task: str = "task") -> list[T]:
+    """``records`` at the indices ``items`` (None: all of them, in order)."""
+    if items is None:
+        return list(records)
+    n = len(records)
+    bad = [i for i in items if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not 0 <= i < n]
+    if bad:
+        raise IndexError(f"{task}: item indices {bad[:5]} are outside 0..{n - 1}")
+    return [records[i] for i in items]
+
+
+def mean(values: Sequence[float]) -> float:
+    if not values:
+        raise ValueError("no items were scored")
+    return float(sum(values) / len(values))
+
+
+def balanced_weights(groups: Sequence[int]) -> list[float]:
+    """Weights for items of several groups (``groups[g]`` items in group g, in that order) so that
+    the mean of weighted item scores over all items is the mean of the groups' means.
+
+    A task whose fitness averages several skills of different sizes scores item k of group g as
+    ``correct_k * weight_g``: their plain mean is then its fitness, and the mean over any uniform
+    subset is an unbiased estimate of it, which is what racing and item selection need.
+    """
+    total, present = sum(groups), sum(1 for n in groups if n)
+    return [total / (present * n) if n else 0.0 for n in groups]
 
 
 class Resampling:
@@ -56,3 +104,4 @@ class Resampling:
 
     def forget(self, split: str) -> None:
         """Drop what is cached of ``split`` (nothing here)."""
+

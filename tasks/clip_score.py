@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from evomm.builtin import resolve
 from evomm.errors import ConfigError
-from evomm.tasks.base import Resampling
+from evomm.tasks.base import Resampling, pick
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "ja_prompts.txt"
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -245,8 +245,12 @@ class ClipScoreTask(Resampling):
                 self._text_features[prompt] = row
         return torch.stack([self._text_features[p] for p in prompts])
 
-    def evaluate(self, handle, split: str) -> dict[str, float]:
+    def num_items(self, split: str) -> int:
+        return len(self.split(split)[0])
+
+    def evaluate(self, handle, split: str, items: list[int] | None = None) -> dict:
         prompts, seeds = self.split(split)
+        prompts, seeds = pick(prompts, items, self.name), pick(seeds, items, self.name)
         images = self.render(handle, prompts, seeds)
         scores = self.score(images, prompts, self._device(handle))
         mean = float(scores.mean())
@@ -255,6 +259,7 @@ class ClipScoreTask(Resampling):
             "clip_score": mean,
             "clip_score_std": float(scores.std(correction=0)),
             "n": float(len(scores)),
+            "item_scores": [float(v) for v in scores],
         }
 
     def save_images(self, handle, split: str, out_dir: str | Path) -> Path:

@@ -35,7 +35,7 @@ from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
 from evomm.generation import fast_path_reason
 from evomm.text.rouge_ja import JapaneseRouge, PairScore, japanese_rouge, summarize
-from evomm.tasks.base import Resampling
+from evomm.tasks.base import Resampling, pick
 from evomm.vlm_generation import VisionCache, cached_generate, greedy_vlm_answers
 
 _log = logging.getLogger(__name__)
@@ -214,15 +214,23 @@ class VQAScoring:
         """One answer: ``.rouge_l`` (Japanese rule applied) is the item's score."""
         return self.scorer().score(answer, item.answer)
 
-    def score(self, items: list[VQAItem], answers: list[str]) -> dict[str, float]:
+    def score(self, items: list[VQAItem], answers: list[str]) -> dict:
         if len(items) != len(answers) or not items:
             raise ValueError(f"{len(answers)} answers for {len(items)} items")
-        metrics = summarize([self.score_item(it, a) for it, a in zip(items, answers)])
+        pairs = [self.score_item(it, a) for it, a in zip(items, answers)]
+        metrics = summarize(pairs)
         self.last_records = [
             {"id": it.id, "question": it.question, "answer": it.answer, "prediction": a}
             for it, a in zip(items, answers)
         ]
-        return {"fitness": metrics["rouge_l"], **metrics}
+        return {"fitness": metrics["rouge_l"], **metrics, "item_scores": [float(p.rouge_l) for p in pairs]}
+
+    def score_pairs(self, answers: list[str], references: list[str]) -> dict:
+        """Means over (answer, reference) pairs (``summarize``) plus each pair's ROUGE-L, ``item_scores``."""
+        if len(answers) != len(references) or not answers:
+            raise ValueError(f"{len(answers)} answers for {len(references)} references")
+        pairs = [self.scorer().score(a, r) for a, r in zip(answers, references)]
+        return {**summarize(pairs), "item_scores": [float(p.rouge_l) for p in pairs]}
 
 
 class JaVGVQATask(Resampling):
@@ -304,8 +312,11 @@ class JaVGVQATask(Resampling):
                 f"'{self.heldout_split}' (e.g. {sorted(shared)[0]}); make the splits disjoint"
             )
 
-    def evaluate(self, handle: VLMHandle, split: str) -> dict[str, float]:
-        items = self.items(split)
+    def num_items(self, split: str) -> int:
+        return len(self.items(split))
+
+    def evaluate(self, handle: VLMHandle, split: str, items: list[int] | None = None) -> dict:
+        items = pick(self.items(split), items, self.name)
         answers = generate_answers(handle, items, self.settings[split], self.system_prompt, self.prompt,
                                    cache=self.vision_cache)
         return self.scoring.score(items, answers)

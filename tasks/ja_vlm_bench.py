@@ -13,6 +13,7 @@ from __future__ import annotations
 from evomm.adapters.base import VLMHandle
 from evomm.data.vqa import JA_SYSTEM_PROMPT, VQAItem, load_vqa
 from evomm.errors import ConfigError
+from evomm.tasks.base import pick
 from evomm.tasks.ja_vg_vqa import (
     GenerationSettings,
     VQAScoring,
@@ -82,7 +83,10 @@ class JaVLMBenchTask:
         self.scoring.scorer()
         self.items(self.heldout_split)
 
-    def evaluate(self, handle: VLMHandle, split: str = "test") -> dict[str, float]:
-        items = self.items(split)
+    def num_items(self, split: str = "test") -> int:
+        return len(self.items(split))
+
+    def evaluate(self, handle: VLMHandle, split: str = "test", items: list[int] | None = None) -> dict:
+        items = pick(self.items(split), items, self.name)
         answers = generate_answers(handle, items, self.settings, self.system_prompt, self.prompt)
         return self.scoring.score(items, answers)

@@ -31,7 +31,7 @@ from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.stops import cut_at_stop
 from evomm.text.mgsm import READERS, Judgement, judge, read_number_strict
-from evomm.tasks.base import Resampling
+from evomm.tasks.base import Resampling, pick
 
 DEFAULT_TEMPLATE = (
     "以下は算数の文章題です。日本語で一歩ずつ考えて解き、最後に答えの数値を書いてください。\n\n"
@@ -220,8 +220,12 @@ class MGSMJaTask(Resampling):
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def responses(self, handle: LLMHandle, split: str) -> list[str]:
-        prompts = [self.prompt(r["question"]) for r in self.items(split)]
+    def num_items(self, split: str) -> int:
+        return len(self.items(split))
+
+    def responses(self, handle: LLMHandle, split: str, records: list[dict[str, Any]] | None = None) -> list[str]:
+        records = self.items(split) if records is None else records
+        prompts = [self.prompt(r["question"]) for r in records]
         texts = generate_texts(handle.model, handle.tokenizer, prompts,
                                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                                num_beams=self.num_beams, stop_strings=self.stop_strings,
@@ -232,11 +236,12 @@ class MGSMJaTask(Resampling):
         """One response: ``.correct`` (right number and Japanese) is the item's score."""
         return judge(response, record["answer"], self.reader)
 
-    def score(self, responses: list[str], records: list[dict[str, Any]]) -> dict[str, float]:
+    def score(self, responses: list[str], records: list[dict[str, Any]]) -> dict:
         if len(responses) != len(records):
             raise ValueError(f"{len(responses)} responses for {len(records)} records")
         n = len(records)
         judged = [self.score_item(r, rec) for r, rec in zip(responses, records)]
+        item_scores = [float(j.correct) for j in judged]
         accuracy = sum(j.correct for j in judged) / n
         return {
             "fitness": accuracy,
@@ -244,9 +249,10 @@ class MGSMJaTask(Resampling):
             "answer_accuracy": sum(j.right_number for j in judged) / n,  # right number, any language
             "japanese_rate": sum(j.japanese for j in judged) / n,
             "n": float(n),
+            "item_scores": item_scores,
         }
 
-    def evaluate(self, handle: LLMHandle, split: str) -> dict[str, float]:
-        records = self.items(split)
-        self.last_responses = self.responses(handle, split)
+    def evaluate(self, handle: LLMHandle, split: str, items: list[int] | None = None) -> dict:
+        records = pick(self.items(split), items, self.name)
+        self.last_responses = self.responses(handle, split, records)
         return self.score(self.last_responses, records)

@@ -23,7 +23,7 @@ from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.toy import world
-from evomm.tasks.base import Resampling
+from evomm.tasks.base import Resampling, pick
 
 _JA_FORM = re.compile(r"^(-?\d+) です$")
 
@@ -146,8 +146,12 @@ class ToyArithTask(Resampling):
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def responses(self, handle: LLMHandle, split: str) -> list[str]:
-        prompts = [world.target_prompt(r["question"]) for r in self.items(split)]
+    def num_items(self, split: str) -> int:
+        return len(self.items(split))
+
+    def responses(self, handle: LLMHandle, split: str, records: list[dict[str, str]] | None = None) -> list[str]:
+        records = self.items(split) if records is None else records
+        prompts = [world.target_prompt(r["question"]) for r in records]
         return generate_texts(handle.model, handle.tokenizer, prompts,
                               max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                               fast=self.fast_generation)
@@ -160,6 +164,8 @@ class ToyArithTask(Resampling):
         return {"fitness": accuracy, "accuracy": accuracy, "japanese_rate": ja_form / n,
                 "n": float(n)}
 
-    def evaluate(self, handle: LLMHandle, split: str) -> dict[str, float]:
-        records = self.items(split)
-        return self.score(self.responses(handle, split), records)
+    def evaluate(self, handle: LLMHandle, split: str, items: list[int] | None = None) -> dict:
+        records = pick(self.items(split), items, self.name)
+        responses = self.responses(handle, split, records)
+        item_scores = [float(is_correct(r, rec["answer"])) for r, rec in zip(responses, records)]
+        return {**self.score(responses, records), "item_scores": item_scores}

@@ -18,7 +18,7 @@ from evomm.adapters.base import LLMHandle
 from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.toy import world
-from evomm.tasks.base import Resampling
+from evomm.tasks.base import Resampling, balanced_weights, pick
 from evomm.tasks.toy_arith import normalise
 
 SKILLS = ("english_arith", "japanese_qa")
@@ -64,13 +64,35 @@ class ToySkillsTask(Resampling):
             if fit & held:
                 raise ConfigError(f"toy_skills: {skill} items appear in both splits")
 
-    def evaluate(self, handle: LLMHandle, split: str) -> dict[str, float]:
-        metrics: dict[str, float] = {}
+    def item_list(self, split: str) -> list[tuple[str, str, str]]:
+        """Every scored item of ``split`` as (skill, prompt, expected): each skill's sample in turn."""
+        return [(skill, p, e) for skill in SKILLS for p, e in self.items(skill, split)]
+
+    def num_items(self, split: str) -> int:
+        return len(self.item_list(split))
+
+    def evaluate(self, handle: LLMHandle, split: str, items: list[int] | None = None) -> dict:
+        """Fitness = mean of the skills' accuracies. Item k of skill s scores ``correct * w_s``
+        (``balanced_weights``): the skills' samples differ in size, and this way the mean of the
+        item scores over the whole sample is the fitness, and over a subset an estimate of it."""
+        everything = self.item_list(split)
+        weight = dict(zip(SKILLS, balanced_weights([sum(it[0] == s for it in everything) for s in SKILLS])))
+        chosen = pick(everything, items, self.name)
+        correct = [0.0] * len(chosen)
+        metrics: dict = {}
         for skill in SKILLS:
-            pairs = self.items(skill, split)
-            outs = generate_texts(handle.model, handle.tokenizer, [p for p, _ in pairs],
+            where = [i for i, it in enumerate(chosen) if it[0] == skill]
+            if not where:
+                continue
+            outs = generate_texts(handle.model, handle.tokenizer, [chosen[i][1] for i in where],
                                   max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                                   fast=self.fast_generation)
-            metrics[skill] = sum(normalise(o) == normalise(e) for o, (_, e) in zip(outs, pairs)) / len(pairs)
-        metrics["fitness"] = sum(metrics[s] for s in SKILLS) / len(SKILLS)
-        return metrics
+            for i, out in zip(where, outs):
+                correct[i] = float(normalise(out) == normalise(chosen[i][2]))
+            metrics[skill] = sum(correct[i] for i in where) / len(where)
+        item_scores = [c * weight[it[0]] for c, it in zip(correct, chosen)]
+        if items is None:  # exactly the mean of the skills, as before (no float drift)
+            metrics["fitness"] = sum(metrics[s] for s in SKILLS) / len(SKILLS)
+        else:
+            metrics["fitness"] = sum(item_scores) / len(item_scores)
+        return {**metrics, "item_scores": item_scores}

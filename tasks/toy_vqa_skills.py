@@ -35,7 +35,7 @@ from evomm.errors import ConfigError
 from evomm.generation import generate_texts
 from evomm.text.rouge_ja import normalize
 from evomm.toy import vlm_world
-from evomm.tasks.base import Resampling
+from evomm.tasks.base import Resampling, balanced_weights
 from evomm.tasks.ja_vg_vqa import JaVGVQATask, check_samples
 
 SKILLS = ("english_vqa", "japanese_qa")
@@ -169,23 +169,48 @@ class ToyVQASkillsTask(Resampling):
         if qa_fit & qa_held:
             raise ConfigError(f"{self.name}: ja_qa questions appear in both splits, e.g. {sorted(qa_fit & qa_held)[0]}")
 
-    def japanese_answers(self, handle: VLMHandle, split: str) -> list[str]:
+    def japanese_answers(self, handle: VLMHandle, split: str, records: list[dict[str, str]] | None = None) -> list[str]:
         """The VLM's answers to the Japanese text questions (no image), in order."""
-        prompts = [vlm_world.JA_QA_PROMPT.format(question=r["question"]) for r in self.qa_items(split)]
+        records = self.qa_items(split) if records is None else records
+        prompts = [vlm_world.JA_QA_PROMPT.format(question=r["question"]) for r in records]
         return generate_texts(handle.model, handle.processor.tokenizer, prompts,
                               max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed,
                               fast=self.fast_generation)
 
-    def evaluate(self, handle: VLMHandle, split: str) -> dict[str, float]:
+    def num_items(self, split: str) -> int:
+        """English VQA items first, then the Japanese Q/A items."""
+        return len(self.vqa_items(split)) + len(self.qa_items(split))
+
+    def evaluate(self, handle: VLMHandle, split: str, items: list[int] | None = None) -> dict:
+        """Fitness = mean of the two skills' ROUGE-L. Items are the English VQA items, then the
+        Japanese Q/A items; each item's ROUGE-L is weighted by ``balanced_weights`` so that the
+        mean of ``item_scores`` over all items is the fitness (the skills differ in size)."""
         self._check_split(split)
-        vqa = self._vqa.evaluate(handle, SPLIT_FILES[split])
-        qa_items = self.qa_items(split)
-        qa = self._vqa.scoring.scorer().score_all(
-            [a.strip() for a in self.japanese_answers(handle, split)], [r["answer"] for r in qa_items]
-        )
-        metrics = {"english_vqa": vqa["rouge_l"], "japanese_qa": qa["rouge_l"]}
-        metrics["fitness"] = sum(metrics[s] for s in SKILLS) / len(SKILLS)
-        return metrics
+        n_vqa, n_qa = len(self.vqa_items(split)), len(self.qa_items(split))
+        chosen = list(range(n_vqa + n_qa)) if items is None else [int(i) for i in items]
+        if any(not 0 <= i < n_vqa + n_qa for i in chosen):
+            raise IndexError(f"{self.name}: item indices outside 0..{n_vqa + n_qa - 1}")
+        vqa_at = [i for i in chosen if i < n_vqa]
+        qa_at = [i - n_vqa for i in chosen if i >= n_vqa]
+        per_item: dict[int, float] = {}
+        metrics: dict = {}
+        if vqa_at:
+            vqa = self._vqa.evaluate(handle, SPLIT_FILES[split], vqa_at)
+            metrics["english_vqa"] = vqa["rouge_l"]
+            per_item.update(zip(vqa_at, vqa["item_scores"]))
+        if qa_at:
+            records = [self.qa_items(split)[i] for i in qa_at]
+            answers = [a.strip() for a in self.japanese_answers(handle, split, records)]
+            qa = self._vqa.scoring.score_pairs(answers, [r["answer"] for r in records])
+            metrics["japanese_qa"] = qa["rouge_l"]
+            per_item.update((n_vqa + i, v) for i, v in zip(qa_at, qa["item_scores"]))
+        w_vqa, w_qa = balanced_weights([n_vqa, n_qa])
+        item_scores = [per_item[i] * (w_vqa if i < n_vqa else w_qa) for i in chosen]
+        if items is None:
+            metrics["fitness"] = sum(metrics[s] for s in SKILLS) / len(SKILLS)
+        else:
+            metrics["fitness"] = sum(item_scores) / len(item_scores)
+        return {**metrics, "item_scores": item_scores}
 
 
 class ToyJaVQATask(JaVGVQATask):
@@ -223,11 +248,11 @@ class ToyJaVQATask(JaVGVQATask):
         ensure_world(self.data_dir, "ja_vqa")
         return super().items(split)
 
-    def evaluate(self, handle: VLMHandle, split: str) -> dict[str, float]:
+    def evaluate(self, handle: VLMHandle, split: str, items: list[int] | None = None) -> dict:
         """ja_vg_vqa's metrics plus ``right_in_english``: the share of answers that name the right
         colour or shape in English (the model sees, but answers in the wrong language; the
         Japanese rule scores those 0)."""
-        metrics = super().evaluate(handle, split)
+        metrics = super().evaluate(handle, split, items)
         english = {c.ja: c.en for c in vlm_world.COLOURS} | {s.ja: s.en for s in vlm_world.SHAPES}
         records = self.scoring.last_records
         metrics["right_in_english"] = sum(

@@ -124,7 +124,7 @@ def test_evaluate_matches_direct_clip_computation(tiny_clip, prompts_file, handl
 
     task = make_task(tiny_clip, prompts_file, fitness_samples=3, batch_size=1)
     result = task.evaluate(handle, "fitness")
-    assert set(result) == {"fitness", "clip_score", "clip_score_std", "n"}
+    assert set(result) == {"fitness", "clip_score", "clip_score_std", "n", "item_scores"}
     assert result["n"] == 3 and result["fitness"] == result["clip_score"]
 
     # the same numbers computed directly: prompt i of the file rendered with seed 5 + i

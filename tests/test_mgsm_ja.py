@@ -63,9 +63,10 @@ def test_score_counts_accuracy_and_language():
     # "-3" reads 3 (no signs)
     metrics = MGSMJaTask().score(RESPONSES, RECORDS)
     assert metrics == {"fitness": 0.2, "accuracy": 0.2, "answer_accuracy": 0.4,
-                       "japanese_rate": 0.8, "n": 5.0}
+                       "japanese_rate": 0.8, "n": 5.0, "item_scores": [1.0, 0.0, 0.0, 0.0, 0.0]}
     # strict reader: "1,000" reads 1000 and "-3" reads -3; the Japanese rule is the same
     metrics = MGSMJaTask(reader="strict").score(RESPONSES, RECORDS)
+    assert sum(metrics.pop("item_scores")) == 3.0  # one score per response: 3 of 5 right
     assert metrics == {"fitness": 0.6, "accuracy": 0.6, "answer_accuracy": 0.8,
                        "japanese_rate": 0.8, "n": 5.0}
 
@@ -169,7 +170,7 @@ def test_evaluate_a_tiny_model(handle, data):
     task = build_task("mgsm_ja", fitness_dataset=fitness, heldout_dataset=heldout,
                       max_new_tokens=6, batch_size=3, prompt_template="問: {question} 答:")
     first = task.evaluate(handle, "fitness")
-    assert set(first) == {"fitness", "accuracy", "answer_accuracy", "japanese_rate", "n"}
+    assert set(first) == {"fitness", "accuracy", "answer_accuracy", "japanese_rate", "n", "item_scores"}
     assert 0.0 <= first["fitness"] <= 1.0 and first["n"] == 4.0
     assert len(task.last_responses) == 4
     # The metrics are those of the responses the model wrote, and scoring is reproducible.
@@ -222,7 +223,7 @@ def test_evaluate_scores_what_the_model_writes(data, tmp_path):
     assert japanese.last_responses == ["1です"] * 4
     # Only the first fitness question's answer is 1; every response is Japanese.
     assert metrics == {"fitness": 0.25, "accuracy": 0.25, "answer_accuracy": 0.25,
-                       "japanese_rate": 1.0, "n": 4.0}
+                       "japanese_rate": 1.0, "n": 4.0, "item_scores": [1.0, 0.0, 0.0, 0.0]}
     assert japanese.evaluate(handle, "test")["accuracy"] == 0.0  # answers 3 and 12
 
     english = MGSMJaTask(fitness_dataset=fitness, heldout_dataset=heldout, max_new_tokens=8,

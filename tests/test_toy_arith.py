@@ -85,7 +85,7 @@ def test_task_is_registered_and_follows_the_protocol():
 def test_evaluate_with_a_tiny_random_model(handle):
     task = ToyArithTask(fitness_samples=16, max_new_tokens=4, batch_size=5)
     result = task.evaluate(handle, "fitness")
-    assert set(result) == {"fitness", "accuracy", "japanese_rate", "n"}
+    assert set(result) == {"fitness", "accuracy", "japanese_rate", "n", "item_scores"}
     assert 0.0 <= result["fitness"] <= result["japanese_rate"] <= 1.0
     assert result["n"] == 16
     assert task.evaluate(handle, "fitness") == result  # deterministic

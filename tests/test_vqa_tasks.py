@@ -187,7 +187,7 @@ def test_ja_vg_vqa_evaluates_tiny_llava(data, llava):
     task = build_task("ja_vg_vqa", dataset=str(data), fitness_samples=4, batch_size=4, **FAST)
     task.validate()
     result = task.evaluate(llava, "train")
-    assert set(result) == {"fitness", "rouge_l", "exact_match", "japanese_rate", "n"}
+    assert set(result) == {"fitness", "rouge_l", "exact_match", "japanese_rate", "n", "item_scores"}
     assert 0.0 <= result["fitness"] <= 1.0 and result["fitness"] == result["rouge_l"]
     assert result["n"] == 4
     # batching with left padding gives the same answers as one item at a time

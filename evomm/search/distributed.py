@@ -96,10 +96,10 @@ def population_evaluator(problem: Any, ctx: Distributed) -> Callable[[list[np.nd
     if not ctx.enabled:
         return None
 
-    def evaluate(xs: list[np.ndarray], sample: int = 0) -> list[dict]:
+    def evaluate(xs: list[np.ndarray], sample: int = 0, items: list[int] | None = None) -> list[dict]:
         xs = [np.asarray(x, dtype=np.float64) for x in xs]
-        _broadcast(("evaluate", (xs, sample)), ctx.group)
-        mine = _evaluate_share(problem, xs, sample, ctx)
+        _broadcast(("evaluate", (xs, sample, items)), ctx.group)
+        mine = _evaluate_share(problem, xs, sample, ctx, items)
         parts = _gather(mine, ctx)
         entries: list[dict | None] = [None] * len(xs)
         for part in parts:
@@ -124,8 +124,8 @@ def serve(problem: Any, ctx: Distributed) -> int:
             kind, payload = _broadcast(None, ctx.group)
             if kind == "stop":
                 break
-            xs, sample = payload
-            mine = _evaluate_share(problem, xs, sample, ctx)
+            xs, sample, items = payload
+            mine = _evaluate_share(problem, xs, sample, ctx, items)
             evaluated += len(mine)
             _gather(mine, ctx)
     finally:
@@ -134,8 +134,13 @@ def serve(problem: Any, ctx: Distributed) -> int:
     return evaluated
 
 
-def _evaluate_share(problem: Any, xs: list[np.ndarray], sample: int, ctx: Distributed) -> list[tuple[int, dict]]:
-    return [(i, problem.evaluate(xs[i], sample)) for i in share(len(xs), ctx.rank, ctx.world_size)]
+def _evaluate_share(problem: Any, xs: list[np.ndarray], sample: int, ctx: Distributed,
+                    items: list[int] | None = None) -> list[tuple[int, dict]]:
+    """This rank's candidates, scored on ``items`` (a racing round or the selected items; None: all)."""
+    mine = share(len(xs), ctx.rank, ctx.world_size)
+    if items is None:
+        return [(i, problem.evaluate(xs[i], sample)) for i in mine]
+    return [(i, problem.evaluate(xs[i], sample, items)) for i in mine]
 
 
 def _broadcast(message: Any, group: Any) -> Any:

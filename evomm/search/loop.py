@@ -17,6 +17,8 @@ from evomm.search.checkpoint import SearchState
 from evomm.search.objectives import vector_losses
 from evomm.search.optimizers import Optimizer
 from evomm.adapters.apply import apply_recipe
+from evomm.search.racing import told_values
+from evomm.search.scoring import ItemPool, Racing, annotate
 
 
 class SearchFailed(EvommError, RuntimeError):
@@ -35,11 +37,19 @@ class Problem:
     task: Any
     split: str
     resample: bool = False  # each generation scores on its own fitness sample (task.resample)
+    pool: ItemPool | None = None  # the fitness items to score (fitness.select); None: all of them
 
-    def evaluate(self, x: np.ndarray, sample: int = 0) -> dict:
+    def full_items(self) -> int:
+        """How many items a full evaluation scores (0 when the task cannot say)."""
+        num_items = getattr(self.task, "num_items", None)
+        return int(num_items(self.split)) if num_items is not None else 0
+
+    def evaluate(self, x: np.ndarray, sample: int = 0, items: list[int] | None = None) -> dict:
         """One history entry. Any failure is caught and recorded: one bad candidate never ends a run.
 
         ``sample``: the fitness sample to score on (the generation, when resampling; else 0).
+        ``items``: the items of it to score (None: ``pool``, or all). The entry records them
+        (``item_ids``, ``item_scores``, ``items``) when the task gives per-item scores.
         """
         start = time.perf_counter()
         entry: dict[str, Any] = {"params": self.space.describe(x), "x": [float(v) for v in x]}
@@ -47,11 +57,21 @@ class Problem:
             self.task.resample(sample)
         try:
             apply_recipe(self.adapter, self.space.decode(x))
-            result = self.task.evaluate(self.adapter.handle(), self.split)
+            items = self.pool.items if items is None and self.pool is not None else items
+            handle = self.adapter.handle()
+            # a task without per-item scoring is still called the old way when all items are wanted
+            result = self.task.evaluate(handle, self.split) if items is None else self.task.evaluate(handle, self.split, items=items)
             metrics = {k: float(v) for k, v in result.items() if k != "item_scores"}
             if not math.isfinite(metrics["fitness"]):
                 raise FloatingPointError(f"fitness is {metrics['fitness']}")
             entry.update(fitness=metrics["fitness"], metrics=metrics, error=None)
+            if "item_scores" in result:
+                scores = [float(v) for v in result["item_scores"]]
+                ids = list(range(len(scores))) if items is None else [int(i) for i in items]
+                entry.update(items=len(scores), item_ids=ids, item_scores=scores)
+            elif items is not None:
+                raise TypeError(f"task '{getattr(self.task, 'name', '?')}' returns no item_scores; racing "
+                                "and item selection need one score per item (see tasks/base.py)")
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - recorded in history and W&B, the search goes on
@@ -89,7 +109,8 @@ class FitnessCache:
         return self._scored.get(key)
 
     def remember(self, entry: dict, key: str | None = None) -> None:
-        if entry.get("fitness") is not None and not entry.get("cached"):
+        # a candidate stopped early has an estimate, not its score: a repeat of it is raced again
+        if entry.get("fitness") is not None and not entry.get("cached") and not entry.get("stopped_early"):
             self._scored.setdefault(key or self.key(entry["x"], entry.get("generation", 0)), entry)
 
     def __len__(self) -> int:
@@ -144,6 +165,7 @@ def search(
     on_candidate: Callable[[dict], None] = lambda entry: None,
     on_generation: Callable[[SearchState, list[dict]], None] = lambda state, entries: None,
     cache: bool = True,
+    racing: Racing | None = None,
 ) -> SearchState:
     """Run generations until ``generations`` are done (or the optimizer stops).
 
@@ -155,17 +177,28 @@ def search(
     With ``problem.resample`` generation g scores on fitness sample g, and the best recipe so far
     is scored on it too before the generation's candidates are compared with it, so the best is
     always chosen by scores on one sample (``state.best["sample"]`` says which).
+
+    With ``racing`` a population is scored as a race (``evomm.search.scoring``): only candidates
+    that may rank among the optimizer's selected are scored on every item; the best is chosen
+    among those, so it is always scored on the same items as the incumbent.
     """
-    evaluate_population = evaluate_population or (lambda xs, sample: [problem.evaluate(x, sample) for x in xs])
+    evaluate_population = evaluate_population or (
+        lambda xs, sample, items=None: [problem.evaluate(x, sample, items) for x in xs])
     scores = FitnessCache(problem.space, state.history, resample=problem.resample) if cache else None
     while state.generation < generations and not optimizer.stop():
         xs = optimizer.ask()  # popsize vectors in [0, 1]^d
         sample = state.generation if problem.resample else 0
-        population = lambda xs: evaluate_population(xs, sample)  # noqa: E731
+        population = _on_sample(problem, evaluate_population, sample)
         if problem.resample and state.best is not None and state.best.get("sample") != sample:
             state.best = _rescored(state.best, population([np.asarray(state.best["x"])])[0], sample)
-        entries = _scored_population(problem, xs, state.generation, population, scores)
+        unique = population
+        if racing is not None:
+            pool = problem.pool.items if problem.pool is not None else list(range(problem.full_items()))
+            unique = lambda ys: racing.population(ys, pool, population, state.generation)  # noqa: E731
+        entries = _scored_population(problem, xs, state.generation, unique, scores)
+        items_full = problem.full_items()
         for index, entry in enumerate(entries):
+            annotate(entry, items_full)
             entry["generation"], entry["index"] = state.generation, index
             on_candidate(entry)
         scored = [e["fitness"] for e in entries if e["fitness"] is not None]
@@ -178,14 +211,33 @@ def search(
         if getattr(optimizer, "multi_objective", False):  # one loss per objective (see objectives.py)
             optimizer.tell(xs, vector_losses(problem.task, entries))
         else:
-            optimizer.tell(xs, [worst_loss if e["fitness"] is None else -e["fitness"] for e in entries])
+            told = told_values([e["fitness"] for e in entries], [e.get("items") or 0 for e in entries],
+                               [e["stopped_early"] for e in entries], racing.settings.stopped if racing else "estimate")
+            optimizer.tell(xs, [worst_loss if t is None else -t for t in told])
         state.history.extend(entries)
-        for entry in entries:
-            if entry["fitness"] is not None and (state.best is None or entry["fitness"] > state.best["fitness"]):
+        for entry in entries:  # a candidate stopped early cannot be the best: others beat it
+            if entry["fitness"] is not None and not entry["stopped_early"] and (
+                    state.best is None or entry["fitness"] > state.best["fitness"]):
                 state.best = {**entry, "sample": sample} if problem.resample else entry
         state.generation += 1
         on_generation(state, entries)
     return state
+
+
+def _on_sample(problem: Problem, evaluate_population: Callable, sample: int) -> Callable:
+    """``population(xs, items=None)``: entries for ``xs`` scored on ``items`` of fitness sample ``sample``.
+
+    With an item pool (``fitness.select``) the items are always passed explicitly, so that every
+    rank scores the same ones, and rank 0 weighs their scores (``ItemPool.transform``).
+    """
+
+    def population(xs: list[np.ndarray], items: list[int] | None = None) -> list[dict]:
+        if problem.pool is None:
+            return evaluate_population(xs, sample) if items is None else evaluate_population(xs, sample, items)
+        entries = evaluate_population(xs, sample, problem.pool.items if items is None else items)
+        return [problem.pool.transform(e) for e in entries]
+
+    return population
 
 
 def _rescored(best: dict, entry: dict, sample: int) -> dict:

@@ -86,6 +86,7 @@ class CMAES:
         if max_evals:
             opts["maxfevals"] = int(max_evals)
         self.es = cma.CMAEvolutionStrategy(x0, float(sigma0), opts)
+        self.mu = int(self.es.sp.weights.mu)  # how many of a population the mean update uses (racing keeps them)
 
     def ask(self) -> list[np.ndarray]:
         return [np.asarray(x, dtype=float) for x in self.es.ask()]
@@ -111,6 +112,7 @@ class RandomSearch:
         self.popsize = int(popsize or default_popsize(dim))
         self.max_evals = max_evals
         self.evals = 0
+        self.mu = 1  # only the best matters (racing keeps one)
         self._rng = np.random.default_rng(seed)
 
     def ask(self) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ import yaml
 
 from evomm import builtin
 from evomm.recipe.recipe import Recipe
+from evomm.tracking.spending import spending_lines
 from evomm.tracking.results import results_markdown
 
 # Licences of the paper's source models as their hub model cards give them. A table, not a
@@ -256,6 +257,9 @@ def _search(run_dir: Path, config: dict, task_ref: str | None, fit_split: str | 
     if facts:
         lines.append(f"- evaluations: {facts['evaluations']} ({facts['failed']} failed)"
                      + (f", best search fitness {facts['best']:.4f}" if facts.get("best") is not None else ""))
+    history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines() if x.strip()] \
+        if (run_dir / "history.jsonl").is_file() else []
+    lines += [f"- {line}" for line in spending_lines(run_dir, history)]
     if "seed" in config:
         lines.append(f"- seed: {config['seed']}")
     if task_ref:

@@ -16,6 +16,7 @@ class Progress:
         self.start_generation = start_generation
         self.stream = stream or sys.stdout
         self.started = time.perf_counter()
+        self.extra_items = 0  # fitness items scored outside the generations (item selection)
 
     def print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -35,6 +36,10 @@ class Progress:
             f"{evals_per_min:.1f} evals/min",
             f"ETA {_duration(eta)}",
         ]
+        scored = sum(int(h.get("items") or 0) for h in state.history) + self.extra_items
+        full = sum(int(h.get("items_full") or 0) for h in state.history)
+        if full:  # the task reports per-item scores: say what racing / selection saved
+            parts.append(f"items {scored}/{full}")
         parts += [f"{k} {v:.3g}" for k, v in extra.items()]
         if failed:
             parts.append(f"{failed} failed")

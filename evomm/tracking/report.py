@@ -22,6 +22,7 @@ import yaml
 from evomm.errors import ConfigError
 from evomm.recipe.recipe import Recipe
 from evomm.tracking.pareto_report import front_table, read_front
+from evomm.tracking.spending import spending_lines
 
 HISTORY, RECIPE, RESULTS, BEST_FILE = "history.jsonl", "best_recipe.yaml", "results.json", "best.json"
 
@@ -235,6 +236,7 @@ def summary_text(run: RunRecord) -> str:
         lines.append(f"best fitness: {best['fitness']:.4f} ({where})")
     else:
         lines.append("best fitness: - (no candidate scored)")
+    lines += spending_lines(run.run_dir, h)
     lines += ["", "## best recipe", recipe_table(recipe), ""]
     front = read_front(run.run_dir)
     if front:  # several objectives: every member's recipe file rebuilds with evomm merge
