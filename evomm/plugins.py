@@ -33,6 +33,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "task": {
         "toy_arith": "evomm.tasks.toy_arith.ToyArithTask",
         "toy_skills": "evomm.tasks.toy_skills.ToySkillsTask",
+        "toy_ja_math": "evomm.tasks.toy_ja_math.ToyJaMathTask",
         "toy_vqa_skills": "evomm.tasks.toy_vqa_skills.ToyVQASkillsTask",
         "toy_ja_vqa": "evomm.tasks.toy_vqa_skills.ToyJaVQATask",
         "ja_vg_vqa": "evomm.tasks.ja_vg_vqa.JaVGVQATask",

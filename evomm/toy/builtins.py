@@ -2,6 +2,8 @@
 
 - ``toy-llm-base``, ``toy-llm-ja``, ``toy-llm-math``: the trained toy-world models shipped in
   ``evomm/toy/models/llm/`` (regenerate with ``python scripts/train_toy_llm.py``).
+- ``toy-compose-base``, ``toy-compose-ja``, ``toy-compose-math``: the composition world's models,
+  shipped in ``evomm/toy/models/compose/`` (``python scripts/train_compose_llm.py``).
 - ``tiny-llm-base``, ``tiny-llm-a``, ``tiny-llm-b``: untrained Llama models built from a config in
   milliseconds (the experts are the base plus seeded noise, so task vectors exist).
 """
@@ -18,12 +20,12 @@ from evomm.builtin import BUILDERS
 SHIPPED = Path(__file__).parent / "models"
 
 
-def _copy_shipped(relative: str):
+def _copy_shipped(relative: str, script: str = "scripts/train_toy_llm.py"):
     def build(out_dir: Path) -> None:
         src = SHIPPED / relative
         if not (src / "config.json").is_file():
             raise FileNotFoundError(
-                f"the shipped toy model {src} is missing; regenerate it with python scripts/train_toy_llm.py"
+                f"the shipped toy model {src} is missing; regenerate it with python {script}"
             )
         shutil.copytree(src, out_dir, dirs_exist_ok=True)
 
@@ -32,6 +34,8 @@ def _copy_shipped(relative: str):
 
 for _name in ("base", "ja", "math"):
     BUILDERS.add(f"toy-llm-{_name}", _copy_shipped(f"llm/{_name}"))
+    # the composition world (evomm/toy/compose_world.py): the default demo's models
+    BUILDERS.add(f"toy-compose-{_name}", _copy_shipped(f"compose/{_name}", "scripts/train_compose_llm.py"))
 
 
 def tiny_llm(seed: int, noise_from: int | None = None, noise: float = 0.02):
