@@ -17,6 +17,8 @@ def main(cfg: DictConfig) -> None:
     except EvommError as e:  # a mistake the user fixes: one readable line, no traceback
         print(f"evomm: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # the run has said what it kept and how to resume; no traceback
+        sys.exit(130)
 
 
 if __name__ == "__main__":

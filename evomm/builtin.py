@@ -3,8 +3,9 @@
 A model reference ``builtin:<name>`` in a config resolves to a folder under
 ``$EVOMM_HOME/models/<name>`` (default ``~/.cache/evomm``). The first time it is asked for, the
 registered builder writes a standard checkpoint there (save_pretrained / diffusers format); from
-then on it is loaded like any user model. Recipes record the resolved path, so ``evomm merge``
-and other tools can rebuild a run's model later.
+then on it is loaded like any user model. Recipes, model cards and exports write the
+``builtin:<name>`` reference, not the machine's cache path (``portable``), so they mean the same
+on every machine; ``evomm merge`` resolves it again.
 """
 
 from __future__ import annotations
@@ -58,10 +59,49 @@ def resolve(ref: str) -> str:
     """Return a loadable path for ``builtin:<name>`` (building it once); other refs unchanged."""
     if not is_builtin(ref):
         return ref
-    name = ref[len(PREFIX):]
+    name, _, inside = ref[len(PREFIX):].partition("/")  # builtin:<name>/<file>: a file inside it
     _load_builders()
     builder = BUILDERS.get(name)
-    return str(build_once(evomm_home() / "models" / name, builder))
+    folder = build_once(evomm_home() / "models" / name, builder)
+    return str(folder / inside) if inside else str(folder)
+
+
+def portable(ref):
+    """``builtin:<name>`` for the cache folder of a built-in model (``builtin:<name>/<file>`` for
+    a file inside it); any other value unchanged."""
+    if not isinstance(ref, str) or is_builtin(ref) or not ref:
+        return ref
+    models = evomm_home() / "models"
+    for root in dict.fromkeys((str(models), os.path.realpath(models))):
+        if ref.startswith(root + os.sep):
+            inside = ref[len(root) + 1:].rstrip(os.sep)
+            if inside:
+                return PREFIX + inside.replace(os.sep, "/")
+    return ref
+
+
+def portable_data(value):
+    """A copy of plain data (dicts, lists, strings) with every built-in model path made portable."""
+    if isinstance(value, dict):
+        return {k: portable_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_data(v) for v in value]
+    return portable(value)
+
+
+def machine_paths(value, found=None) -> list[str]:
+    """The strings in plain data that are local paths (absolute, home or relative), built-ins excepted
+    (they are written as ``builtin:<name>``): what must not leave this machine."""
+    found = [] if found is None else found
+    if isinstance(value, dict):
+        for v in value.values():
+            machine_paths(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            machine_paths(v, found)
+    elif isinstance(value, str) and not is_builtin(value) and value.startswith(("/", "~", "./", "../")):
+        found.append(value)
+    return found
 
 
 def resolve_dataset(ref: str) -> str:

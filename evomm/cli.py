@@ -73,7 +73,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export_mergekit(args: argparse.Namespace) -> int:
     from evomm.interop.mergekit_export import export_mergekit
 
-    text = export_mergekit(args.recipe, out=args.out)
+    text = export_mergekit(args.recipe, out=args.out, local_paths=args.local_paths)
     if args.out is None:
         print(text, end="")
     else:
@@ -84,7 +84,14 @@ def cmd_export_mergekit(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from evomm.interop.hub import CARD, path_in_repo, push
 
-    files, url = push(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run)
+    from evomm.interop.hub import single_file_copy
+
+    files, url = push(args.run_dir, args.repo_id, private=args.private, dry_run=args.dry_run,
+                      single_file=not args.no_single_file)
+    single = single_file_copy(args.run_dir)
+    if single is not None and single in files:
+        print(f"note: {single.name} holds the same weights as the diffusers folders, in one file for A1111 / "
+              f"ComfyUI ({single.stat().st_size / 1e6:.1f} MB more to upload); --no-single-file leaves it out")
     if args.dry_run:
         print(f"would upload {len(files)} file(s) to {args.repo_id}:")
         for f in files:
@@ -115,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-mergekit", help="write a text-LLM recipe as a mergekit YAML config")
     p.add_argument("recipe", help="best_recipe.yaml, or the run directory that holds it")
     p.add_argument("-o", "--out", default=None, help="output file (default: print to stdout)")
+    p.add_argument("--local-paths", action="store_true",
+                   help="write built-in models as this machine's folders (runnable by mergekit here) "
+                        "instead of builtin:<name>")
     p.set_defaults(func=cmd_export_mergekit)
 
     p = sub.add_parser("push", help="upload a run's merged model, card, recipe and results to the Hugging Face hub")
@@ -122,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo_id", help="OWNER/NAME on the hub (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--dry-run", action="store_true", help="list the files that would go up; upload nothing")
+    p.add_argument("--no-single-file", action="store_true",
+                   help="SDXL: upload the diffusers folders only, not their single-file copy merged.safetensors")
     p.set_defaults(func=cmd_push)
     return parser
 

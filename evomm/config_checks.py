@@ -6,14 +6,17 @@ check raises ConfigError with a message that names the key and says what to chan
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Any
 
 from evomm import plugins
+from evomm.adapters.availability import check_available
 from evomm.adapters.loading import check_ref
 from evomm.errors import ConfigError
 from evomm.merging.methods import get_method
+from evomm.recipe.recipe import check_settings, fixed_params
 from evomm.search.scoring import FitnessSettings
 from evomm.search.space import GRANULARITIES
 
@@ -40,6 +43,7 @@ def validate_config(c: dict) -> None:
 
     _validate_plugins(c)
     merge = c["merge"]
+    _validate_merge_keys(merge)
     if merge.get("method") in ("dfs", "ps_dfs"):
         _validate_routing(c)
     else:
@@ -53,6 +57,20 @@ def validate_config(c: dict) -> None:
     if fitness.racing and getattr(optimizer_cls, "multi_objective", False):
         raise ConfigError("fitness.racing ranks candidates by one fitness, but the optimizer is multi-objective; "
                           "set fitness.racing=false")
+
+
+def check_models_available(c: dict) -> None:
+    """Once the config and the task data are sound, and before any model loads: every model can be loaded (a folder holds its
+    config, a hub id is cached or on a reachable hub), found in seconds, not after the hub
+    client's retries."""
+    adapter, merge = c["adapter"], c["merge"]
+    modality = getattr(plugins.load_class("adapter", plugins.reference(adapter, "adapter")), "modality", None)
+    refs = [(ref, "model") for ref in adapter.get("models") or []]
+    refs += [(ref, "model") for ref in merge.get("route_models") or []]
+    if adapter.get("base") is not None:
+        refs.append((adapter["base"], "base model"))
+    for ref, what in dict.fromkeys(refs):
+        check_available(ref, what, modality, adapter.get("single_file_config"))
 
 
 def _validate_plugins(c: dict) -> None:
@@ -160,12 +178,48 @@ def _validate_parameter_space(c: dict) -> None:
             raise ConfigError(f"merge.bounds.{name} must have low <= high, got {b}")
         if name == "density" and not (0 < low and high <= 1):
             raise ConfigError(f"density must lie in (0, 1]; merge.bounds.density is {b}")
-    unknown = set(merge.get("params") or {}) - known_params
+    _validate_fixed_params(merge, spec, evolve, len(models))
+
+
+def _validate_fixed_params(merge: dict, spec: Any, evolve: list, n_sources: int) -> None:
+    """merge.params: known names, every value in range (per-source and per-layer lists too), and
+    none that the search also evolves (the evolved value would silently override it)."""
+    params = merge.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"merge.params must map parameter names to values, got {params!r}")
+    known_params = set(spec.tensor_params) | set(spec.global_params)
+    unknown = set(params) - known_params
     if unknown:
         raise ConfigError(
             f"merge.params has {sorted(unknown)}, which method '{spec.name}' does not take; "
             f"its parameters: {', '.join(sorted(known_params))}"
         )
+    for key in params:
+        if key in evolve:
+            rest = [e for e in evolve if e != key]
+            raise ConfigError(
+                f"merge.params.{key} fixes a parameter that merge.evolve={list(evolve)} also evolves (the "
+                f"evolved value would override it): drop one, '~merge.params.{key}' or merge.evolve=[{','.join(rest)}]"
+            )
+    check_settings(spec, fixed_params(spec.name, params, n_sources), n_sources, "merge.params")
+
+
+MERGE_KEYS = {
+    "parameter space": ("method", "granularity", "group_size", "filters", "evolve", "bounds", "params"),
+    "dfs": ("method", "repeats", "w_range", "x0_margin"),
+    "ps_dfs": ("method", "ps_recipe", "ps_fallback", "route_models", "repeats", "w_range", "x0_margin"),
+}
+
+
+def _validate_merge_keys(merge: dict) -> None:
+    """A misspelt merge key (``+merge.granularty=layer``) would be ignored: refuse it, naming the
+    close match and the keys the section takes."""
+    known = MERGE_KEYS.get(merge.get("method"), MERGE_KEYS["parameter space"])
+    for key in merge:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean merge.{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown key merge.{key}{hint}; merge={merge.get('method')} takes: {', '.join(known)}")
 
 
 def _validate_budget(c: dict) -> None:

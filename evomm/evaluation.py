@@ -10,6 +10,7 @@ import math
 import time
 from typing import Any, Callable
 
+from evomm.builtin import portable
 from evomm.adapters.apply import apply_recipe, show_source
 from evomm.merging.methods import get_method
 from evomm.recipe.recipe import Recipe, baseline_recipe
@@ -52,7 +53,7 @@ def final_evaluation(
             error = None
         except Exception as e:  # noqa: BLE001 - one failing comparison must not lose the others
             metrics, error = {"fitness": math.nan}, f"{type(e).__name__}: {e}"
-        row = {"name": name, "kind": kind, "detail": detail, "metrics": metrics}
+        row = {"name": name, "kind": kind, "detail": portable(detail), "metrics": metrics}
         if error:
             row["error"] = error
         rows.append(row)
@@ -68,7 +69,9 @@ def final_evaluation(
         for i, ref in enumerate(adapter.source_names):
             show_source(adapter, i)
             score(short_name(ref), "source", ref)
-        if adapter.base_name is not None:
+        if adapter.base_name is not None and adapter.base_name in adapter.source_names:
+            log(f"  the base is source {adapter.source_names.index(adapter.base_name)}: scored once, above")
+        elif adapter.base_name is not None:
             show_source(adapter, None)
             score(short_name(adapter.base_name) + " (base)", "source", adapter.base_name)
         for ref, handle in getattr(adapter, "standalone", lambda: [])():
@@ -77,7 +80,9 @@ def final_evaluation(
     for method, params in baselines.items():
         spec = get_method(method)
         if spec.needs_base and adapter.base_name is None:
-            log(f"  skipping baseline {method}: it needs adapter.base")
+            why = ("a routed run loads model A without adapter.base" if hasattr(adapter, "route_models")
+                   else "set adapter.base to score it")
+            log(f"  skipping baseline {method}: it needs a base model ({why})")
             continue
         if spec.exact_sources is not None and spec.exact_sources != len(adapter.source_names):
             log(f"  skipping baseline {method}: it takes {spec.exact_sources} source(s)")

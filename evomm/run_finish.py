@@ -61,8 +61,14 @@ def finish(c: dict, run_dir: Path, space: Any, adapter: Any, task: Any, extra_ta
     return rows
 
 
+def fitness_metric(c: dict) -> str:
+    """What the fitness axis measures: the fitness task's name (or import path)."""
+    return str(c["task"].get("name") or c["task"].get("_target_") or "fitness")
+
+
 def _plots(c: dict, run_dir: Path, best: Recipe, state: Any, logger: Any) -> None:
-    plot_fitness(state.history, run_dir / "fitness.png", title=f"{c.get('experiment_name') or 'search'}: fitness")
+    plot_fitness(state.history, run_dir / "fitness.png", title=f"{c.get('experiment_name') or 'search'}: fitness",
+                 metric=fitness_metric(c))
     heatmap = plot_recipe_heatmap(best, run_dir / "recipe_heatmap.png")
     if heatmap is not None:
         logger.log_image("recipe_heatmap", heatmap)

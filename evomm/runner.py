@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from evomm.config_checks import validate_config
+from evomm.config_checks import check_models_available, validate_config
 from evomm.quiet import quiet_libraries
 from evomm.run_finish import candidate_rows, finish, save_best
 from evomm.run_setup import Start, build_tasks, resolve_run_dir, start_search
 from evomm.search import checkpoint, distributed
 from evomm.search.build import build_search
-from evomm.search.loop import Problem, search
 from evomm.search.item_pool import item_pool
+from evomm.search.loop import Problem, SearchFailed, search
 from evomm.search.objectives import generation_stats
 from evomm.search.route_space import RouteSpace
 from evomm.search.scoring import FitnessSettings, Racing, items_scored
@@ -49,6 +49,7 @@ def run(cfg: DictConfig | dict) -> dict:
         torch.set_num_threads(int(c["threads"]))
 
     task, extra_tasks = build_tasks(c)
+    check_models_available(c)  # a misspelt hub id fails here in seconds, not after the hub client's retries
     t0 = time.perf_counter()
     adapter, space = build_search(c)
     load_seconds = time.perf_counter() - t0
@@ -116,12 +117,18 @@ def _search(problem: Problem, start: Start, generations: int, run_dir: Path, ran
         return search(problem, optimizer, state, generations, on_candidate=history.append,
                       on_generation=on_generation, evaluate_population=distributed.population_evaluator(problem, ranks),
                       racing=racing)
+    except SearchFailed as e:
+        logger.log_candidates(candidate_rows(state.history))
+        logger.finish()
+        kept = (f"the checkpoint of the {state.generation} finished generation(s) is {start.checkpoint_path}"
+                if state.generation else f"no generation finished; every error is in {run_dir / 'history.jsonl'}")
+        raise SearchFailed(f"{e}; {kept}") from None
     except KeyboardInterrupt:
         # The checkpoint already holds every completed generation; the best recipe and the plot
         # so far are written too. The generation in flight is redone on resume.
         if state.best is not None:
             save_best(run_dir, problem.space.decode(state.best["x"]), state.best)
-            plot_fitness(state.history, run_dir / "fitness.png")
+            plot_fitness(state.history, run_dir / "fitness.png", metric=getattr(problem.task, "name", None))
         progress.print(
             f"interrupted after {state.generation} generation(s): best_recipe.yaml and the checkpoint are in "
             f"{run_dir}; continue with resume=true hydra.run.dir={run_dir}"

@@ -81,12 +81,13 @@ def assert_same_tensors(ours: dict, theirs: dict, what: str) -> None:
 def test_exported_run_recipe_gives_the_runs_tensors(runs, mergekit, granularity, tmp_path):
     run_dir = runs[granularity]
     out = tmp_path / "mergekit.yaml"
-    assert cli_main(["export-mergekit", str(run_dir / "best_recipe.yaml"), "-o", str(out)]) == 0
+    # built-in models are written by name; --local-paths gives the folders mergekit reads
+    assert cli_main(["export-mergekit", str(run_dir / "best_recipe.yaml"), "-o", str(out), "--local-paths"]) == 0
     text = out.read_text()
     config = yaml.safe_load(text)
     recipe = Recipe.load(run_dir / "best_recipe.yaml")
-    assert config["merge_method"] == "ties" and config["base_model"] == recipe.base
-    assert [m["model"] for m in config["models"]] == recipe.models
+    assert config["merge_method"] == "ties" and config["base_model"] == resolve(recipe.base)
+    assert [m["model"] for m in config["models"]] == [resolve(m) for m in recipe.models]
     # one condition per (entry, group), in the recipe's entry order
     conditions = config["models"][0]["parameters"]["weight"]
     assert len(conditions) == sum(len(e.groups) for e in recipe.entries)
@@ -147,7 +148,7 @@ def hand_recipes(models) -> dict[str, Recipe]:
 @pytest.mark.parametrize("case", ["slerp", "ties"])
 def test_hand_written_recipe_round_trip(models, mergekit, case, tmp_path):
     recipe = hand_recipes(models)[case]
-    text = mergekit_export.mergekit_yaml(recipe)
+    text = mergekit_export.mergekit_yaml(recipe, local_paths=True)  # folders that mergekit reads
     ours_dir = merge_to_dir(recipe, tmp_path / "ours", device="cpu")
     ours = load_file(str(ours_dir / "model.safetensors"))
     theirs = mergekit(text, tmp_path / "theirs")

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from evomm.adapters.base import LLMHandle, TensorSlot
+from evomm.adapters.config_drift import config_differences, warn_differences
 from evomm.adapters.loading import (
     check_ref,
     compare_shapes,
@@ -108,7 +109,9 @@ class LLMAdapter:
         self.dtype = torch_dtype(dtype)
         self.device = pick_device(device)
         refs = self.source_names + ([self.base_name] if self.base_name else [])
-        check_llm_configs(refs)
+        shown = list(models) + ([base] if base is not None else [])  # names as the user wrote them
+        self._config_differences = config_differences(shown, check_llm_configs(refs))
+        warn_differences(self._config_differences)
 
         self._load_target(device_map)
         self.tokenizer = self._load_tokenizer(tokenizer_from, require_tokenizer)
@@ -192,7 +195,8 @@ class LLMAdapter:
         return self._slots
 
     def notes(self) -> dict:
-        return {}
+        """Config fields on which the sources disagree (the merged model keeps the first's)."""
+        return {"config_differences": self._config_differences} if self._config_differences else {}
 
     def handle(self) -> LLMHandle:
         return LLMHandle(self.model, self.tokenizer)

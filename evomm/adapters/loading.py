@@ -35,7 +35,7 @@ def check_ref(ref: Any, what: str = "model") -> None:
     if not isinstance(ref, str) or not ref:
         raise ConfigError(f"{what} reference must be a hub id or a path, got {ref!r}")
     if builtin.is_builtin(ref):
-        name = ref[len(builtin.PREFIX):]
+        name = ref[len(builtin.PREFIX):].partition("/")[0]
         if name not in builtin.builtin_names():
             raise ConfigError(
                 f"unknown built-in {what} '{ref}'; known: {', '.join('builtin:' + n for n in builtin.builtin_names())}"
@@ -53,6 +53,21 @@ def check_ref(ref: Any, what: str = "model") -> None:
 def resolve_ref(ref: str) -> str:
     """Built-in references become paths (built on first use); others are returned unchanged."""
     return builtin.resolve(ref)
+
+
+def portable_name_or_path(folder: Path) -> None:
+    """Saved configs record where their model was loaded from (``_name_or_path``); for a built-in
+    model that is this machine's cache folder: write its ``builtin:`` name instead."""
+    import json
+
+    for path in Path(folder).rglob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and builtin.portable(data.get("_name_or_path")) != data.get("_name_or_path"):
+            data["_name_or_path"] = builtin.portable(data["_name_or_path"])
+            path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def load_or_explain(ref: str, loader: Callable[[str], Any], what: str = "model") -> Any:

@@ -27,7 +27,9 @@ from typing import Any
 import torch
 
 from evomm.adapters.base import SDXLHandle, TensorSlot
-from evomm.adapters.loading import check_ref, compare_shapes, pick_device, resolve_ref, torch_dtype
+from evomm.adapters.loading import (
+    check_ref, compare_shapes, pick_device, portable_name_or_path, resolve_ref, torch_dtype,
+)
 from evomm.adapters.sdxl_blocks import GROUPINGS, group_unet
 from evomm.adapters.sdxl_single_file import UNET_PREFIX, save_single_file, unet_from_original
 from evomm.errors import ConfigError, ModelLoadError
@@ -340,6 +342,7 @@ class SDXLAdapter:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.pipeline.save_pretrained(str(out_dir), safe_serialization=True)
+        portable_name_or_path(out_dir)
         save_single_file(self.pipeline, single_file_path(out_dir))
 
 

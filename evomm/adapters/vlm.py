@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from evomm.adapters.base import TensorSlot, VLMHandle
+from evomm.adapters.config_drift import config_differences, warn_differences
 from evomm.adapters.llm import group_t, llm_group, load_config
 from evomm.adapters.loading import check_ref, load_or_explain, pick_device, resolve_ref, torch_dtype
 from evomm.errors import ConfigError, IncompatibleModelsError
@@ -167,6 +168,9 @@ class VLMAdapter:
                 f"'{shown[0]}' is a {getattr(configs[0], 'model_type', '?')} model"
             )
         self._kinds = ["vlm" if is_vlm_config(c) else "llm" for c in configs]
+        texts = [c.text_config if k == "vlm" else c for c, k in zip(configs, self._kinds)]  # the merged part
+        self._config_differences = config_differences(shown, texts)
+        warn_differences(self._config_differences)
         metas = [_meta_model(c, k == "vlm") for c, k in zip(configs, self._kinds)]
         layouts = [_layout(m, k == "vlm", r) for m, k, r in zip(metas, self._kinds, refs)]
         shapes = [{n: t.shape for n, t in metas[0].named_parameters()}]  # target: tied ones once
@@ -327,6 +331,8 @@ class VLMAdapter:
         notes: dict = {"kept_from_vlm": [m for m in MERGEABLE if m not in self.mergeable]}
         if self._vocab:
             notes["vocab_rows"] = dict(self._vocab)
+        if self._config_differences:
+            notes["config_differences"] = self._config_differences
         return notes
 
     def handle(self) -> VLMHandle:

@@ -34,15 +34,26 @@ def merged_dir(run_dir: str | Path) -> Path:
     return merged
 
 
-def files_to_push(run_dir: str | Path) -> list[Path]:
+def single_file_copy(run_dir: str | Path) -> Path | None:
+    """An SDXL run's ``merged/merged.safetensors``: the diffusers folders' weights again, in one
+    file (A1111 / ComfyUI); None for other runs."""
+    merged = Path(run_dir) / "merged"
+    single = merged / f"{merged.name}.safetensors"
+    return single if single.is_file() and (merged / "model_index.json").is_file() else None
+
+
+def files_to_push(run_dir: str | Path, single_file: bool = True) -> list[Path]:
     """The local files the upload sends, in repo order: merged/ (with its card), then the run files.
 
     ``merged/README.md`` is listed even when it is not written yet: push writes it from the run
-    directory first.
+    directory first. ``single_file=False`` leaves out an SDXL run's single-file copy.
     """
     run_dir = Path(run_dir)
     merged = merged_dir(run_dir)
     skip = set(RUN_FILES)
+    single = single_file_copy(run_dir)
+    if single is not None and not single_file:
+        skip.add(single.name)
     files = sorted(
         p for p in merged.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(merged).parts)
@@ -93,10 +104,42 @@ def _write_card_from_run(run_dir: Path) -> Path:
     return write_model_card(run_dir, recipe, rows, read_run_config(run_dir))
 
 
-def push(run_dir: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> tuple[list[Path], str | None]:
-    """Upload the run's model; returns (files, repo url). ``dry_run`` sends and writes nothing."""
+def check_no_machine_paths(run_dir: Path) -> None:
+    """Refuse a recipe that names local folders: on the hub they point nowhere. Built-in models'
+    cache folders are fine (they are written as ``builtin:<name>``)."""
+    from evomm.builtin import machine_paths, portable_data
+    from evomm.recipe.recipe import load_yaml
+
+    local = list(dict.fromkeys(machine_paths(portable_data(load_yaml(run_dir / "best_recipe.yaml")))))
+    if local:
+        raise ConfigError(
+            f"{run_dir / 'best_recipe.yaml'} names local paths ({', '.join(local)}), which mean nothing on "
+            "the hub and would show this machine's folders: merge models by hub id (upload the sources "
+            "first) to push the recipe and its card"
+        )
+
+
+def _portable_run_files(run_dir: Path, merged: Path) -> None:
+    """The recipe (and a card that still holds built-in models' cache paths, from an older run)
+    are written with builtin:<name> references; results.json is copied as it is."""
+    from evomm.builtin import evomm_home
+    from evomm.recipe.recipe import Recipe
+
+    Recipe.load(run_dir / "best_recipe.yaml").save(merged / "best_recipe.yaml")
+    if (run_dir / "results.json").is_file():
+        shutil.copyfile(run_dir / "results.json", merged / "results.json")
+    card = merged / CARD
+    if not card.is_file() or str(evomm_home() / "models") in card.read_text(errors="replace"):
+        _write_card_from_run(run_dir)
+
+
+def push(run_dir: str | Path, repo_id: str, private: bool = False, dry_run: bool = False,
+         single_file: bool = True) -> tuple[list[Path], str | None]:
+    """Upload the run's model; returns (files, repo url). ``dry_run`` sends and writes nothing;
+    ``single_file=False`` leaves out an SDXL run's single-file copy of the weights."""
     run_dir = Path(run_dir)
-    files = files_to_push(run_dir)
+    files = files_to_push(run_dir, single_file=single_file)
+    check_no_machine_paths(run_dir)
     if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id):
         raise ConfigError(f"'{repo_id}' is not a hub repo id: use NAME or OWNER/NAME (letters, digits, - _ .)")
     if dry_run:
@@ -111,11 +154,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, dry_run: bool
         raise ConfigError("HF_HUB_OFFLINE is set: unset it to push to the hub")
 
     merged = run_dir / "merged"
-    if not (merged / CARD).is_file():
-        _write_card_from_run(run_dir)
-    for name in RUN_FILES:
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, merged / name)
+    _portable_run_files(run_dir, merged)
 
     from huggingface_hub import HfApi
 
@@ -126,6 +165,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, dry_run: bool
         folder_path=str(merged),
         repo_type="model",
         commit_message=f"evomm: upload merged model from {run_dir.name}",
-        ignore_patterns=[".*", "**/.*"],
+        ignore_patterns=[".*", "**/.*"] + ([] if single_file or single_file_copy(run_dir) is None
+                                           else [single_file_copy(run_dir).name]),
     )
     return files, str(url)

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from evomm import builtin
 from evomm.errors import ConfigError
 from evomm.recipe.recipe import Entry, Recipe, check_recipe
 
@@ -120,7 +121,7 @@ def verify_against_names(recipe: Recipe, filters: list[list[str | None]], tensor
 
 def checkpoint_tensor_names(ref: str) -> list[str] | None:
     """Tensor names of a local safetensors checkpoint (headers only); None when not local."""
-    folder = Path(ref)
+    folder = Path(builtin.resolve(ref) if builtin.is_builtin(ref) else ref)
     if not folder.is_dir():
         return None
     index = folder / "model.safetensors.index.json"
@@ -260,15 +261,31 @@ def header_lines(recipe: Recipe, source: str | None, checked: bool) -> list[str]
     return lines
 
 
-def mergekit_yaml(recipe: Recipe, source: str | None = None) -> str:
-    """The YAML text, with a comment header, checked against local tensor names when it can be."""
+def mergekit_yaml(recipe: Recipe, source: str | None = None, local_paths: bool = False) -> str:
+    """The YAML text, with a comment header, checked against local tensor names when it can be.
+
+    Built-in models are written as ``builtin:<name>`` (the same on every machine), which mergekit
+    cannot read; ``local_paths`` writes this machine's folders for them instead.
+    """
+    recipe = Recipe.from_dict(recipe.to_dict())  # built-in models by name, whatever the recipe held
+    refs = [*recipe.models, *([recipe.base] if recipe.base else [])]
+    builtins = [r for r in dict.fromkeys(refs) if builtin.is_builtin(r)]
+    if local_paths:
+        recipe.models = [builtin.resolve(r) for r in recipe.models]
+        recipe.base = builtin.resolve(recipe.base) if recipe.base else None
     names = checkpoint_tensor_names(recipe.models[0]) if recipe.models else None
     config = recipe_to_mergekit(recipe, tensor_names=names)
-    header = "".join(f"# {line}\n" for line in header_lines(recipe, source, checked=names is not None))
+    lines = header_lines(recipe, source, checked=names is not None)
+    if builtins and not local_paths:
+        lines += [
+            f"{', '.join(builtins)}: evomm's built-in models, which mergekit cannot read by name.",
+            "For a runnable config on this machine: evomm export-mergekit --local-paths (writes their folders).",
+        ]
+    header = "".join(f"# {line}\n" for line in lines)
     return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
-def export_mergekit(recipe_path: str | Path, out: str | Path | None = None) -> str:
+def export_mergekit(recipe_path: str | Path, out: str | Path | None = None, local_paths: bool = False) -> str:
     """Read an evomm recipe (a file, or a run directory holding best_recipe.yaml); write or return YAML."""
     path = Path(recipe_path)
     if path.is_dir():
@@ -276,7 +293,7 @@ def export_mergekit(recipe_path: str | Path, out: str | Path | None = None) -> s
     if not path.is_file():
         raise ConfigError(f"no recipe at {path}: give best_recipe.yaml or the run directory that holds it")
     recipe = Recipe.load(path)
-    text = mergekit_yaml(recipe, source=str(path))
+    text = mergekit_yaml(recipe, source=str(path), local_paths=local_paths)
     if out is not None:
         Path(out).write_text(text)
     return text

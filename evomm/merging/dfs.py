@@ -43,6 +43,7 @@ import torch
 import yaml
 from torch import nn
 
+from evomm.builtin import portable
 from evomm.errors import ConfigError, IncompatibleModelsError, ModelLoadError
 from evomm.recipe.route import Route, check_route_fits
 
@@ -425,7 +426,8 @@ def save_routed(routed: RoutedCausalLM, route: Route | None, out_dir: str | Path
     stored = Route(steps=[(0, index[s]) for s in route.steps], scales=list(route.scales),
                    source_names=["layers"])
     original = route.to_dict()
-    original["source_names"] = list(route.source_names or routed.source_names)
+    # where the layers came from, built-in models by name (not this machine's cache folder)
+    original["source_names"] = [portable(n) for n in (route.source_names or routed.source_names)]
     doc = {
         "format": ROUTED_FORMAT,
         "architecture": type(routed.lm).__name__,

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from evomm.builtin import portable_data
 from evomm.errors import ConfigError
 
 RECIPE_VERSION = 1
@@ -84,7 +85,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["entries"] = [_entry_to_dict(e) for e in self.entries]
-        return {"evomm_recipe": RECIPE_VERSION, **d}
+        # Built-in models are written as builtin:<name>, never as this machine's cache path.
+        return {"evomm_recipe": RECIPE_VERSION, **portable_data(d)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
@@ -135,6 +137,17 @@ def baseline_recipe(template: Recipe, method: str, params: dict[str, Any]) -> Re
     per_source = per_source_params(method)
     recipe.entries = [Entry(params={k: ([float(v)] * n if k in per_source else v) for k, v in params.items()})]
     return recipe
+
+
+def fixed_params(method: str, params: dict[str, Any], n: int) -> dict[str, Any]:
+    """A config's fixed method parameters (``merge.params``) as recipe values: a per-source
+    parameter given as one setting (a number or a per-layer list whose length is not ``n``)
+    applies to every source; a list of ``n`` settings is one per source."""
+    per_source = per_source_params(method)
+    return {
+        k: (v if k not in per_source or (isinstance(v, list) and len(v) == n) else [v] * n)
+        for k, v in params.items()
+    }
 
 
 def per_source_params(method: str) -> set[str]:
@@ -225,6 +238,29 @@ def _leaves(setting: Any) -> list[Any]:
     return [setting]
 
 
+def check_settings(spec: Any, params: dict[str, Any], n: int, where: str) -> None:
+    """Check every value of a recipe's parameter mapping (per-source lists, per-layer gradients
+    and {filter, value} conditions included) against a method's names and ranges."""
+    known = {**spec.tensor_params, **spec.global_params}
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: method '{spec.name}' does not take {unknown}; known: {sorted(known)}")
+    # check_params also insists on required parameters; fill those so one key is checked at a time
+    filler = {k: [1.0] * n for k, default in spec.tensor_params.items() if default is None}
+    for key, setting in params.items():
+        try:
+            if key in spec.tensor_params:
+                if not isinstance(setting, list) or len(setting) != n:
+                    raise ConfigError(f"'{key}' needs a list of one value per model ({n}), got {setting!r}")
+                for value in (leaf for item in setting for leaf in _leaves(item)):
+                    spec.check_params({**filler, key: [value] * n}, n)
+            else:
+                for value in _leaves(setting):
+                    spec.check_params({**filler, key: value}, n)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
 def check_recipe(recipe: Recipe) -> None:
     """Validate a whole recipe before any model loads: names, counts and every parameter value."""
     from evomm import plugins
@@ -250,23 +286,9 @@ def check_recipe(recipe: Recipe) -> None:
         if not isinstance(getattr(recipe, key), dict):
             raise ConfigError(f"recipe key '{key}' must be a mapping")
     n = len(recipe.models)
-    known = {**spec.tensor_params, **spec.global_params}
-    # check_params also insists on required parameters; fill those so one key is checked at a time
-    filler = {k: [1.0] * n for k, default in spec.tensor_params.items() if default is None}
 
     def check(params: dict[str, Any], where: str) -> None:
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise ConfigError(f"{where}: method '{spec.name}' does not take {unknown}; known: {sorted(known)}")
-        for key, setting in params.items():
-            if key in spec.tensor_params:
-                if not isinstance(setting, list) or len(setting) != n:
-                    raise ConfigError(f"{where}: '{key}' needs a list of one value per model ({n}), got {setting!r}")
-                for value in (leaf for item in setting for leaf in _leaves(item)):
-                    spec.check_params({**filler, key: [value] * n}, n)
-            else:
-                for value in _leaves(setting):
-                    spec.check_params({**filler, key: value}, n)
+        check_settings(spec, params, n, where)
 
     check(recipe.method_params, "method_params")
     for i, entry in enumerate(recipe.entries):

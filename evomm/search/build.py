@@ -7,7 +7,7 @@ from typing import Any
 from evomm import plugins
 from evomm.adapters import adapter_for_recipe, build_adapter
 from evomm.adapters.routed import RoutedAdapter
-from evomm.recipe.recipe import Entry, Recipe, baseline_recipe
+from evomm.recipe.recipe import Entry, Recipe, baseline_recipe, fixed_params
 from evomm.search.route_space import RouteSpace
 from evomm.search.space import SearchSpace, build_units
 
@@ -29,7 +29,7 @@ def build_space(merge: dict, adapter: Any, seed: int, adapter_options: dict, ada
         method=merge["method"],
         models=list(adapter.source_names),
         base=adapter.base_name,
-        method_params=dict(merge.get("params") or {}),
+        method_params=fixed_params(merge["method"], dict(merge.get("params") or {}), len(adapter.source_names)),
         seed=seed,
         dtype=None,
         adapter_options=adapter_options,

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from evomm.errors import EvommError
 from evomm.search.checkpoint import SearchState
 from evomm.search.objectives import vector_losses
 from evomm.search.optimizers import Optimizer
@@ -20,8 +21,11 @@ from evomm.search.racing import told_values
 from evomm.search.scoring import ItemPool, Racing, annotate
 
 
-class SearchFailed(RuntimeError):
-    """Every candidate of a generation failed: something is wrong beyond one bad recipe."""
+class SearchFailed(EvommError, RuntimeError):
+    """Every candidate of a generation failed: something is wrong beyond one bad recipe.
+
+    An EvommError: the entry points print it as one line (the first candidate's error says what
+    to change; every error is in history.jsonl)."""
 
 
 @dataclass
@@ -199,9 +203,8 @@ def search(
             on_candidate(entry)
         scored = [e["fitness"] for e in entries if e["fitness"] is not None]
         if not scored:
-            raise SearchFailed(
-                f"every candidate of generation {state.generation} failed; first error: {entries[0]['error']}"
-            )
+            first = (entries[0]["error"] or "").strip().splitlines()[:1] or ["?"]
+            raise SearchFailed(f"every candidate of generation {state.generation} failed; first error: {first[0]}")
         # Maximisation is stated here, once: the optimizer minimises loss = -fitness. A failed
         # candidate ranks just below the worst success of its generation.
         worst_loss = -min(scored) + 1.0

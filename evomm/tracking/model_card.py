@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from evomm import builtin
 from evomm.recipe.recipe import Recipe
 from evomm.tracking.spending import spending_lines
 from evomm.tracking.results import results_markdown
@@ -90,7 +91,7 @@ def _cached_hub_file(ref: str, filename: str) -> Path | None:
 
 def source_license(ref: str) -> tuple[str, str]:
     """(licence, where it came from) for one source model; ("unknown", "") when nothing says."""
-    folder = Path(ref)
+    folder = Path(builtin.resolve(ref) if builtin.is_builtin(ref) else ref)
     readme = folder / "README.md" if folder.is_dir() else (_cached_hub_file(ref, "README.md") if is_hub_id(ref) else None)
     if readme is not None and readme.is_file():
         lic = _license_of_card(front_matter(readme.read_text(errors="replace")))
@@ -144,6 +145,7 @@ def _history_facts(run_dir: Path) -> dict[str, Any]:
 
 def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> str:
     run_dir, config = Path(run_dir), config or {}
+    recipe = Recipe.from_dict(recipe.to_dict())  # built-in models by their builtin: names, not cache paths
     refs = [("source " + str(i), m) for i, m in enumerate(recipe.models)]
     if recipe.base:
         refs.append(("base", recipe.base))
@@ -156,6 +158,7 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
     lines = _front_matter(recipe, refs, licenses)
     lines += _sources(recipe, refs, licenses, config.get("experiment_name") or run_dir.name)
     lines += _method(recipe, config.get("merge") or {})
+    lines += _config_differences(recipe)
     lines += _search(run_dir, config, task_ref, fit_split, held_split)
     lines += _recipe_results_rebuild(recipe, rows, held_split)
     return "\n".join(lines) + "\n"
@@ -222,6 +225,19 @@ def _method(recipe: Recipe, merge_cfg: dict) -> list[str]:
         lines.append(f"- route: {len(steps)} layer steps through model A and {n_route} route model(s)")
     if recipe.method in ("dare_ties", "dare_linear", "della"):
         lines.append(f"- random drop masks seeded by the recipe's seed ({recipe.seed})")
+    return lines
+
+
+def _config_differences(recipe: Recipe) -> list[str]:
+    """Config fields that change what the weights mean and on which the sources disagree."""
+    found = recipe.notes.get("config_differences") or {}
+    if not found:
+        return []
+    lines = ["", "## Config differences between the sources", "",
+             "The sources disagree on these config fields, which change what their weights mean; the merged "
+             "model keeps the first source's values.", "", "| field | values |", "|---|---|"]
+    for name, per_ref in found.items():
+        lines.append(f"| `{name}` | " + "; ".join(f"`{ref}`: `{value}`" for ref, value in per_ref.items()) + " |")
     return lines
 
 

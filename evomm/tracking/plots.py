@@ -5,15 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_fitness(history: list[dict], out_path: Path, title: str = "fitness") -> Path:
+def pyplot():
+    """matplotlib's pyplot, imported on first plot: a config mistake must fail before this second
+    of imports, and a run that never plots never pays it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_fitness(history: list[dict], out_path: Path, title: str = "fitness", metric: str | None = None) -> Path:
     """Each evaluated candidate (dots, failures as red x at the bottom) and the best so far."""
     out_path = Path(out_path)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     ok = [(i, h["fitness"]) for i, h in enumerate(history) if h.get("fitness") is not None]
     failed = [i for i, h in enumerate(history) if h.get("fitness") is None]
@@ -28,7 +36,7 @@ def plot_fitness(history: list[dict], out_path: Path, title: str = "fitness") ->
         if failed:
             ax.scatter(failed, [min(ys)] * len(failed), marker="x", color="red", label="failed")
     ax.set_xlabel("evaluation")
-    ax.set_ylabel("fitness")
+    ax.set_ylabel(f"fitness: {metric}" if metric else "fitness")  # name what was scored
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if ok:
@@ -135,6 +143,7 @@ def plot_recipe_heatmap(recipe, out_path: Path, title: str | None = None) -> Pat
 
     width = max(5.0, 2.2 + 0.85 * len(cols) + 0.06 * max(len(r) for r in rows))
     height = max(2.8, 1.6 + 0.3 * len(rows))
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(width, height), dpi=100)
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")  # unset / list cells: light grey
     finite = values[np.isfinite(values)]

@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
+from evomm.tracking.plots import pyplot
 
 from evomm.recipe.route import Route  # noqa: E402
 
@@ -28,6 +25,7 @@ def plot_route(route: Route, out_path: str | Path, source_names: Sequence[str] |
     xs = list(range(len(route.steps)))
     ys = [layer for _, layer in route.steps]
     width = min(24.0, max(6.4, 0.12 * len(xs) + 2.0))
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(width, 4.0), dpi=100)
     ax.plot(xs, ys, color="0.75", linewidth=0.8, zorder=1)
     colours = plt.get_cmap("tab10")
