@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,20 +30,10 @@ from evomm.generation import generate_texts  # noqa: E402
 from evomm.toy.compose_world import DEFAULT, Design  # noqa: E402
 from evomm.toy.tokenizer import build_tokenizer  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))  # the toy trainers' shared pieces
+from toytrain.llm import Stage, batch  # noqa: E402
+
 SHIPPED_DIR = REPO / "evomm" / "toy" / "models" / "compose"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One training run: from ``parent`` (None: from scratch) on a weighted mix of corpora."""
-
-    name: str
-    parent: str | None
-    mix: dict[str, float] = field(hash=False)
-    steps: int
-    lr: float
-    batch_size: int = 32
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,19 +110,6 @@ def llama_config(tokenizer, hidden: int, layers: int) -> LlamaConfig:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-def batch(tokenizer, lines: list[str]) -> dict[str, torch.Tensor]:
-    """``<s> line </s>`` right-padded; pads are masked out of the loss."""
-    ids = [tokenizer(line)["input_ids"] + [tokenizer.eos_token_id] for line in lines]
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, x in enumerate(ids):
-        input_ids[row, : len(x)] = torch.tensor(x)
-        mask[row, : len(x)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask,
-            "labels": input_ids.masked_fill(mask == 0, -100)}
 
 
 def train_stage(model, tokenizer, design: Design, stage: Stage) -> float:

@@ -72,7 +72,7 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-def _batch(tokenizer, lines: list[str]) -> dict[str, torch.Tensor]:
+def batch(tokenizer, lines: list[str]) -> dict[str, torch.Tensor]:
     """``<s> line </s>`` right-padded to [batch, longest]; pads are masked out of the loss."""
     ids = [tokenizer(line)["input_ids"] + [tokenizer.eos_token_id] for line in lines]
     width = max(len(x) for x in ids)
@@ -103,8 +103,8 @@ def train_stage(model: LlamaForCausalLM, tokenizer, stage: Stage, log_every: int
     for step in range(stage.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        batch = _batch(tokenizer, lines[step * stage.batch_size : (step + 1) * stage.batch_size])
-        loss = model(**batch).loss
+        inputs = batch(tokenizer, lines[step * stage.batch_size : (step + 1) * stage.batch_size])
+        loss = model(**inputs).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

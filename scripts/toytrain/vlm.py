@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from evomm.toy import vlm_world as world
+from toytrain.llm import batch as text_batch  # the same masked, right-padded text batch
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "evomm" / "toy" / "models" / "vlm"
 MODEL_NAMES = ("base", "ja", "llava")  # the shipped models
@@ -182,18 +183,6 @@ def _lr_at(stage: Stage, step: int) -> float:
     return stage.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def _text_batch(tokenizer, lines: list[str]) -> dict[str, torch.Tensor]:
-    """``<s> line </s>`` right-padded to [batch, longest]; loss on every real token."""
-    ids = [tokenizer(line)["input_ids"] + [tokenizer.eos_token_id] for line in lines]
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, x in enumerate(ids):
-        input_ids[row, : len(x)] = torch.tensor(x)
-        mask[row, : len(x)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.masked_fill(mask == 0, -100)}
-
-
 def vqa_prompt(q: world.VQAQuestion) -> str:
     template = world.EN_VQA_PROMPT if q.lang == "en" else world.JA_VQA_PROMPT
     return template.format(image=IMAGE_TOKEN, question=q.question)
@@ -272,7 +261,7 @@ def train_stage(model, stage: Stage, tokenizer=None, processor=None, log_every: 
         for group in opt.param_groups:
             group["lr"] = _lr_at(stage, step)
         if stage.kind == "text":
-            batch = _text_batch(tokenizer, lines[step * stage.batch_size : (step + 1) * stage.batch_size])
+            batch = text_batch(tokenizer, lines[step * stage.batch_size : (step + 1) * stage.batch_size])
             loss = model(**batch).loss
         elif stage.kind == "vision":
             loss = model(**_vision_batch(processor, [rng.choice(pool) for _ in range(stage.batch_size)]))
