@@ -1,6 +1,6 @@
 """What a search costs in fitness items and wall time, and what it finds, per way of spending them.
 
-For each seed and each mode the real run (``evomm.run`` on the composed conf/, the demo
+For each seed and each mode the real run (``evomm.runner.run`` on the composed conf/, the demo
 experiment by default) evolves a merge; the bench then scores every run's best recipe on the
 task's held-out split with one shared adapter. Modes:
 
