@@ -31,3 +31,27 @@ def test_the_readme_task_runs_a_search_from_outside_the_package(tmp_path, monkey
     assert max(h["fitness"] for h in history) > 0  # the toy models do answer some sums
     assert out["results"][0]["kind"] == "evolved" and "fitness" in out["results"][0]["metrics"]
     sys.modules.pop("my_tasks", None)
+
+
+def test_a_user_adapter_is_recorded_by_import_path_and_rebuilt(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from evomm.cli import main as cli_main
+    from evomm.recipe.recipe import Recipe
+
+    (tmp_path / "my_adapters.py").write_text(
+        "from evomm.adapters.llm import LLMAdapter\n\n\n"
+        "class MyLLM(LLMAdapter):\n    name = 'my_llm'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run(compose([
+        "experiment=smoke_llm", "adapter.name=null", "+adapter._target_=my_adapters.MyLLM",
+        "optimizer.generations=1", "final_eval.enabled=false", "logger=none", f"run_dir={tmp_path / 'run'}",
+    ]))
+    recipe = Recipe.load(tmp_path / "run" / "best_recipe.yaml")
+    assert recipe.adapter == "my_adapters.MyLLM"
+    assert cli_main(["merge", str(tmp_path / "run" / "best_recipe.yaml"), str(tmp_path / "rebuilt")]) == 0
+    ours = load_file(tmp_path / "run" / "merged" / "model.safetensors")
+    again = load_file(tmp_path / "rebuilt" / "model.safetensors")
+    assert ours.keys() == again.keys() and all((ours[k] == again[k]).all() for k in ours)
+    sys.modules.pop("my_adapters", None)
