@@ -1,9 +1,11 @@
 """The package list in pyproject.toml names every package of the tree (a wheel holds only those),
 and tasks/ installs as evomm.tasks, not as a top-level `tasks`."""
 
-import tomllib
+import pytest
 
 from conftest import REPO
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
 def test_every_package_folder_is_listed_and_tasks_is_evomm_tasks():
