@@ -84,3 +84,23 @@ def sdxl_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dfs_run(tmp_path_factory):
     return _smoke_run(tmp_path_factory, "dfs", "experiment=smoke_llm", "merge=dfs", "final_eval.baselines=null")
+
+
+def without_seconds(history: list[dict]) -> list[dict]:
+    """History entries minus their wall-clock ``seconds``: what must match between two runs."""
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def torchrun_train(tmp_path, overrides: list[str], timeout: int = 300):
+    """``torchrun --nproc_per_node 2 train.py OVERRIDES`` (gloo on the CPU), each rank in
+    ``tmp_path/rank<N>``; the finished process (rank 0's run directory is ``tmp_path/rank0``)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+         *overrides, f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
+         "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

@@ -5,8 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 
@@ -18,7 +16,7 @@ from evomm.recipe.recipe import Recipe
 from evomm.search.space import SearchSpace, build_units
 from evomm.tracking.history import read_history
 
-from conftest import REPO, compose
+from conftest import compose, torchrun_train, without_seconds
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -197,18 +195,11 @@ def test_two_processes_evaluate_shares_and_stop_cleanly():
 def test_torchrun_gives_the_same_history_as_one_process(tmp_path):
     common = ["experiment=smoke_llm", "final_eval.enabled=false", "save_merged=false"]
     one = run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-         *common, f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
-         "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
-    two = read_history(tmp_path / "rank0" / "history.jsonl")
-    assert strip(two) == strip(read_history(one["run_dir"] / "history.jsonl"))
-    assert (tmp_path / "rank0" / "best_recipe.yaml").read_text() == (one["run_dir"] / "best_recipe.yaml").read_text()
+    rank0 = tmp_path / "rank0"
+    done = torchrun_train(tmp_path, common)
+    two = read_history(rank0 / "history.jsonl")
+    assert without_seconds(two) == without_seconds(read_history(one["run_dir"] / "history.jsonl"))
+    assert (rank0 / "best_recipe.yaml").read_text() == (one["run_dir"] / "best_recipe.yaml").read_text()
     assert done.stdout.count("gen 2/2") == 1  # one process reports progress
     # Rank 1 ran with its own run directory: Hydra may create it, evomm writes nothing there.
     rank1 = tmp_path / "rank1"

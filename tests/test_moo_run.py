@@ -18,7 +18,7 @@ from evomm.tracking.history import read_history
 from evomm.tracking.wandb_logger import NullLogger
 from evomm.tracking.report import report
 
-from conftest import REPO, compose
+from conftest import REPO, compose, torchrun_train, without_seconds
 
 FAST = ["optimizer.popsize=4", "logger=none", "final_eval.baselines=null", "final_eval.extra_tasks={}",
         "+task.tasks.english_arith.fitness_samples=8", "+task.tasks.japanese_qa.fitness_samples=6",
@@ -110,25 +110,17 @@ def test_nsga2_resume_continues_exactly(tmp_path):
     full = run(compose([*args, "optimizer.generations=3", f"run_dir={tmp_path / 'full'}"]))
     run(compose([*args, "optimizer.generations=2", f"run_dir={tmp_path / 'part'}"]))
     part = run(compose([*args, "optimizer.generations=3", "resume=true", f"run_dir={tmp_path / 'part'}"]))
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
-    assert strip(part["state"].history) == strip(full["state"].history)
+    assert without_seconds(part["state"].history) == without_seconds(full["state"].history)
     assert (tmp_path / "part" / "pareto.jsonl").read_text() == (tmp_path / "full" / "pareto.jsonl").read_text()
 
 
 def test_nsga2_with_two_processes_gives_the_same_history(tmp_path):
     common = ["experiment=smoke_nsga2", "final_eval.enabled=false", "save_merged=false"]
     one = run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-         *common, f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
-         "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
-    assert strip(read_history(tmp_path / "rank0" / "history.jsonl")) == strip(one["state"].history)
-    assert (tmp_path / "rank0" / "pareto.jsonl").read_text() == (one["run_dir"] / "pareto.jsonl").read_text()
+    rank0 = tmp_path / "rank0"
+    torchrun_train(tmp_path, common)
+    assert without_seconds(read_history(rank0 / "history.jsonl")) == without_seconds(one["state"].history)
+    assert (rank0 / "pareto.jsonl").read_text() == (one["run_dir"] / "pareto.jsonl").read_text()
 
 
 def test_lm_eval_fitness_run(tmp_path):
@@ -179,6 +171,5 @@ def test_nsga2_sigkill_then_resume_matches_uninterrupted(tmp_path):
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err[-2000:]
     assert "resumed at generation" in out
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
-    assert strip(read_history(history)) == strip(read_history(tmp_path / "full" / "history.jsonl"))
+    assert without_seconds(read_history(history)) == without_seconds(read_history(tmp_path / "full" / "history.jsonl"))
     assert (tmp_path / "killed" / "pareto.jsonl").read_text() == (tmp_path / "full" / "pareto.jsonl").read_text()

@@ -17,7 +17,7 @@ from evomm.tracking.history import read_history
 from evomm.tracking.model_card import card_text
 from evomm.tracking.report import report
 
-from conftest import REPO, compose
+from conftest import REPO, compose, torchrun_train, without_seconds
 
 # A task written by a user, outside the package: it follows the contract (per-item scores,
 # num_items) and knows nothing of racing. Item k scores 1 when the merged embedding's spread
@@ -59,10 +59,6 @@ def user_task(tmp_path, monkeypatch):
     return importlib.import_module("my_spread_task").SpreadTask
 
 
-def strip(history):
-    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-
-
 def test_a_user_task_gets_racing_with_no_extra_code(tmp_path, monkeypatch):
     task = user_task(tmp_path, monkeypatch)
 
@@ -74,7 +70,7 @@ def test_a_user_task_gets_racing_with_no_extra_code(tmp_path, monkeypatch):
 
     (raced, calls), (again, _) = run("raced", True), run("again", True)
     history = raced["state"].history
-    assert strip(history) == strip(again["state"].history)  # deterministic
+    assert without_seconds(history) == without_seconds(again["state"].history)  # deterministic
     stopped = [h for h in history if h["stopped_early"]]
     assert stopped and all(h["items"] < 64 for h in stopped)
     assert {len(c) for c in calls} >= {8}  # the first block
@@ -142,21 +138,15 @@ def test_racing_sigkill_then_resume_matches_uninterrupted(tmp_path):
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-2000:]
     assert "resumed at generation" in out and "read from item_selection.json" in out
-    assert strip(read_history(history)) == strip(reference)
+    assert without_seconds(read_history(history)) == without_seconds(reference)
     assert (killed_dir / "best_recipe.yaml").read_text() == (tmp_path / "full" / "best_recipe.yaml").read_text()
 
 
 def test_racing_with_two_ranks_gives_the_same_history_as_one(tmp_path):
     common = [*DEMO, "optimizer.generations=2"]
     one = evomm_run(compose([*common, f"run_dir={tmp_path / 'one'}"]))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-         *common, f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
-         "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = read_history(tmp_path / "rank0" / "history.jsonl")
-    assert strip(two) == strip(read_history(one["run_dir"] / "history.jsonl"))
-    assert (tmp_path / "rank0" / "item_selection.json").read_text() == (one["run_dir"] / "item_selection.json").read_text()
+    rank0 = tmp_path / "rank0"
+    torchrun_train(tmp_path, common, timeout=600)
+    two = read_history(rank0 / "history.jsonl")
+    assert without_seconds(two) == without_seconds(read_history(one["run_dir"] / "history.jsonl"))
+    assert (rank0 / "item_selection.json").read_text() == (one["run_dir"] / "item_selection.json").read_text()

@@ -6,15 +6,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from evomm.runner import run
-from evomm.cli import main as cli_main
 from evomm.errors import ConfigError, UnknownNameError
 from evomm.tracking.history import read_history
 
-from conftest import REPO, compose
+from conftest import REPO, compose, without_seconds
 
 
 def smoke(run_dir, *overrides):
@@ -56,8 +53,7 @@ def test_resume_continues_to_the_same_result(tmp_path, smoke_run):
     out = smoke(run_dir, "resume=true")
     uninterrupted = read_history(smoke_run["run_dir"] / "history.jsonl")
     resumed = read_history(run_dir / "history.jsonl")
-    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
-    assert strip(resumed) == strip(uninterrupted)
+    assert without_seconds(resumed) == without_seconds(uninterrupted)
     assert (run_dir / "best_recipe.yaml").read_text() == (smoke_run["run_dir"] / "best_recipe.yaml").read_text()
     assert out["state"].generation == 2
 

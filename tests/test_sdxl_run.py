@@ -1,16 +1,10 @@
-"""EvoSDXL-JP in miniature: `experiment=smoke_sdxl` in-process, then `evomm merge` rebuilds it."""
+"""EvoSDXL-JP in miniature: what `experiment=smoke_sdxl` leaves (the rebuild is in test_run_contract.py)."""
 
 import json
 
-import pytest
-import torch
 from safetensors.torch import load_file
 
-from evomm.runner import run
 from evomm.adapters.sdxl import single_file_path
-from evomm.cli import main as cli_main
-
-from conftest import compose
 
 
 def test_smoke_sdxl_leaves_pipeline_single_file_grid_and_table(sdxl_run):

@@ -2,16 +2,12 @@
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from evomm.runner import run
 from evomm.cli import main as cli_main
 from evomm.recipe.recipe import Recipe
-
-from conftest import compose
 
 
 def test_smoke_vlm_leaves_the_run_directory(vlm_run):

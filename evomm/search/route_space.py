@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evomm.errors import ConfigError
-from evomm.recipe.route import Route, decode_route, encode_route, initial_vector, route_dim, route_of
+from evomm.recipe.route import decode_route, encode_route, initial_vector, route_dim, route_of
 from evomm.recipe.recipe import Recipe
 
 
