@@ -39,8 +39,6 @@ def merge_to_dir(recipe, out_dir: Path, device: str | None = None, max_shard_siz
     (``evomm.merging.streaming``: peak memory one tensor per source, sharded output); anything
     else (hub ids, VLM/SDXL recipes, routes) loads the adapter, materialises and saves.
     """
-    from evomm.adapters import adapter_for_recipe
-    from evomm.adapters.apply import apply_recipe
     from evomm.recipe.recipe import check_recipe
     from evomm.merging.streaming import DEFAULT_MAX_SHARD, NotStreamable, stream_merge
 
@@ -49,6 +47,8 @@ def merge_to_dir(recipe, out_dir: Path, device: str | None = None, max_shard_siz
         return stream_merge(recipe, Path(out_dir), device=device, max_shard_size=max_shard_size or DEFAULT_MAX_SHARD)
     except NotStreamable:
         pass  # hub ids, other adapters, names that need the loader's conversion: the adapter path
+    from evomm.adapters import adapter_for_recipe  # torch and transformers: only now
+    from evomm.adapters.apply import apply_recipe
     overrides = {"require_tokenizer": recipe.adapter_options.get("require_tokenizer", False)} if recipe.adapter == "llm" else {}
     adapter = adapter_for_recipe(recipe, device=device, **overrides)
     apply_recipe(adapter, recipe)

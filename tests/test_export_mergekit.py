@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from evomm.runner import run
-from evomm.adapters.llm import llm_group
+from evomm.adapters.llm_names import llm_group
 from evomm.builtin import resolve
 from evomm.cli import main as cli_main
 from evomm.cli import merge_to_dir

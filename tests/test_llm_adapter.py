@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from evomm.adapters.llm import LLMAdapter, llm_group
+from evomm.adapters.llm import LLMAdapter
+from evomm.adapters.llm_names import llm_group
 from evomm.builtin import resolve
 from evomm.errors import ConfigError, IncompatibleModelsError, ModelLoadError
 from evomm.merging.engine import materialize, tensor_seed, write_source

@@ -12,16 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evomm.errors import ConfigError, IncompatibleModelsError, UnknownNameError
-from evomm.merging.methods import (
-    METHODS,
-    MethodSpec,
-    get_method,
-    keep_limit,
-    stream_key,
-    trim_magnitude,
-    trim_outliers,
-    uniform24,
-)
+from evomm.merging.methods import METHODS, MethodSpec, get_method
+from evomm.merging.random_stream import keep_limit, stream_key, uniform24
+from evomm.merging.sparsify import trim_magnitude, trim_outliers
 
 FAST = settings(max_examples=25, deadline=None)
 REQUIRED = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"]

@@ -136,9 +136,10 @@ def test_della_epsilon_too_wide_for_a_layer_is_refused_before_writing(builtin_re
     assert not (tmp_path / "streamed").exists()
 
 
-@pytest.mark.parametrize("method", ["ties", "dare_ties"])
-def test_bf16_checkpoints_with_tied_magnitudes(method, builtin_refs, tmp_path, kernels_path, monkeypatch):
-    """bf16 experts = base + 1e-3 * randn: many magnitudes tie at every TIES threshold."""
+@pytest.mark.parametrize("method, tie_order", [("ties", "index"), ("ties", "mergekit"), ("dare_ties", None)])
+def test_bf16_checkpoints_with_tied_magnitudes(method, tie_order, builtin_refs, tmp_path, kernels_path, monkeypatch):
+    """bf16 experts = base + 1e-3 * randn: many magnitudes tie at every TIES threshold; both tie
+    orders (mergekit's replays torch's CPU sort) on both merge paths."""
     models, base = builtin_refs
     root = tmp_path / "bf16"
     refs = []
@@ -152,12 +153,14 @@ def test_bf16_checkpoints_with_tied_magnitudes(method, builtin_refs, tmp_path, k
         model.save_pretrained(root / f"m{i}")
         refs.append(str(root / f"m{i}"))
     recipe = recipe_for(method, refs[:2], refs[2], dtype="bfloat16")
+    if tie_order:
+        recipe.method_params["tie_order"] = tie_order
     stream_merge(recipe, tmp_path / "streamed", device="cpu")
-    in_memory(recipe, tmp_path / "memory")
+    in_memory_default(recipe, tmp_path / "memory", monkeypatch)
     assert_same_weights(tmp_path / "streamed", tmp_path / "memory")
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float16"])
 def test_sharded_bf16_sources(dtype, sharded_bf16, tmp_path, kernels_path, monkeypatch):
     models, base = sharded_bf16
     recipe = recipe_for("ties", models, base, dtype=dtype)
@@ -213,31 +216,43 @@ def test_shards_index_and_side_files(builtin_refs, tmp_path):
 
 
 def test_one_tensor_per_source_at_a_time(builtin_refs, tmp_path, monkeypatch):
-    """Peak memory: one tensor of each checkpoint per tensor in flight (one per CPU thread)."""
+    """Peak memory: one tensor of each checkpoint per tensor in flight (one per worker), on the
+    torch tensors and on the numpy arrays."""
+    from evomm.merging import stream_torch
+    from evomm.merging.safetensors_io import ArrayReader
+
     alive, peak = set(), [0]
-    read = streaming._Reader.tensor
 
-    def counting(self, name):
-        tensor = read(self, name)
-        key = object()
-        alive.add(key)
-        peak[0] = max(peak[0], len(alive))
-        weakref.finalize(tensor, alive.discard, key)
-        return tensor
+    def counting(read):
+        def wrapper(self, name):
+            tensor = read(self, name)
+            key = object()
+            alive.add(key)
+            peak[0] = max(peak[0], len(alive))
+            weakref.finalize(tensor, alive.discard, key)
+            return tensor
+        return wrapper
 
-    monkeypatch.setattr(streaming._Reader, "tensor", counting)
+    monkeypatch.setattr(stream_torch._Reader, "tensor", counting(stream_torch._Reader.tensor))
+    monkeypatch.setattr(ArrayReader, "raw", counting(ArrayReader.raw))
     models, base = builtin_refs
     threads = torch.get_num_threads()
     try:
+        monkeypatch.setenv("EVOMM_KERNELS", "torch")
         torch.set_num_threads(1)  # one tensor in flight
         stream_merge(recipe_for("ties", models, base), tmp_path / "one", device="cpu")
-        assert peak[0] <= 3  # two sources and the base
+        assert peak[0] == 3  # two sources and the base
         torch.set_num_threads(2)  # two tensors merged side by side
         stream_merge(recipe_for("ties", models, base), tmp_path / "two", device="cpu")
         assert peak[0] <= 6
     finally:
         torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads
+    monkeypatch.setenv("EVOMM_KERNELS", "numba")
+    peak[0] = 0
+    monkeypatch.setattr(streaming.os, "sched_getaffinity", lambda pid: {0}, raising=False)  # one worker
+    stream_merge(recipe_for("ties", models, base), tmp_path / "arrays", device="cpu")
+    assert peak[0] == 3
 
 
 def test_shard_writer_takes_tensors_in_any_order_from_threads(tmp_path):
@@ -245,11 +260,15 @@ def test_shard_writer_takes_tensors_in_any_order_from_threads(tmp_path):
 
     from safetensors.torch import load_file
 
+    from evomm.merging.safetensors_io import ShardWriter
+
+    names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
     tensors = {f"t{i}": torch.randn(i + 1, 3).to(dtype) for i, dtype in
                enumerate([torch.float32, torch.bfloat16, torch.float16, torch.float32])}
-    writer = streaming._ShardWriter(tmp_path / "x.safetensors", [(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()])
+    writer = ShardWriter(tmp_path / "x.safetensors", [(k, names[t.dtype], tuple(t.shape)) for k, t in tensors.items()])
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(lambda k: writer.write(k, tensors[k]), reversed(list(tensors))))
+        list(pool.map(lambda k: writer.write(k, tensors[k].reshape(-1).view(torch.uint8).numpy()),
+                      reversed(list(tensors))))
     writer.close()
     loaded = load_file(tmp_path / "x.safetensors")
     assert list(loaded) == list(tensors)
@@ -257,19 +276,25 @@ def test_shard_writer_takes_tensors_in_any_order_from_threads(tmp_path):
         assert torch.equal(loaded[k], tensors[k]), k
 
 
-def test_a_failed_merge_leaves_no_shard_behind(builtin_refs, tmp_path, monkeypatch):
+def test_a_failed_merge_leaves_no_shard_behind(builtin_refs, tmp_path, monkeypatch, kernels_path):
     """Tensors are written in any order, so a shard with a hole would look whole: it is removed."""
-    real = streaming.materialize
+    from evomm.merging import stream_arrays, stream_torch
 
-    def failing(slots, recipe, **kwargs):
-        if any(".layers.1." in slot.name for slot in slots):
-            raise RuntimeError("merge failed")
-        return real(slots, recipe, **kwargs)
+    def failing(real):
+        def merge(*args, **kwargs):
+            if failing.calls > 3:
+                raise RuntimeError("merge failed")
+            failing.calls += 1
+            return real(*args, **kwargs)
+        return merge
 
-    monkeypatch.setattr(streaming, "materialize", failing)
+    failing.calls = 0
+    monkeypatch.setattr(stream_torch, "materialize", failing(stream_torch.materialize))
+    monkeypatch.setattr(stream_arrays, "merge_arrays", failing(stream_arrays.merge_arrays))
     models, base = builtin_refs
     with pytest.raises(RuntimeError, match="merge failed"):
         stream_merge(recipe_for("ties", models, base), tmp_path / "out", device="cpu")
+    assert failing.calls == 4  # some tensors were written before the failure
     assert not (tmp_path / "out" / streaming.SINGLE_FILE).exists()
 
 

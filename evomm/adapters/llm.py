@@ -21,36 +21,8 @@ from evomm.adapters.loading import (
     resolve_ref,
     torch_dtype,
 )
+from evomm.adapters.llm_names import SIZE_KEYS, check_sizes, group_t, llm_group
 from evomm.errors import ConfigError, IncompatibleModelsError, ModelLoadError
-
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-def llm_group(name: str) -> str:
-    """The parameter group of a causal-LM tensor name."""
-    m = _LAYER.search(name)
-    if m:
-        return f"layers.{m.group(1)}"
-    if "embed" in name:
-        return "embed"
-    if name.startswith("lm_head") or name.startswith("head"):
-        return "head"
-    if "norm" in name:
-        return "norm"
-    return "other"
-
-
-def group_t(group: str, n_layers: int) -> float:
-    """mergekit's layer position for per-layer value lists: i/(N-1) inside the stack.
-
-    mergekit 0.1.5 reads tensors outside the stack (embeddings, final norm, head) at t = 0;
-    the compatibility tests check this against mergekit itself.
-    """
-    if group.startswith("layers."):
-        i = int(group.split(".")[1])
-        return i / (n_layers - 1) if n_layers > 1 else 1.0
-    return 0.0
-
 
 def load_config(ref: str):
     from transformers import AutoConfig
@@ -58,28 +30,11 @@ def load_config(ref: str):
     return load_or_explain(ref, lambda r: AutoConfig.from_pretrained(r), "model config")
 
 
-# The config fields that decide whether two checkpoints can be merged tensor for tensor.
-SIZE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
-             "num_attention_heads", "num_key_value_heads", "vocab_size")
-
-
 def check_llm_configs(refs: list[str]) -> list:
     """Refuse models of different architectures or sizes before any weights load; their configs."""
     configs = [load_config(r) for r in refs]
     check_sizes(refs, [{k: getattr(c, k, None) for k in SIZE_KEYS} for c in configs])
     return configs
-
-
-def check_sizes(refs: list[str], fields: list[dict]) -> None:
-    """The same check on plain config.json dicts (``evomm merge`` reads them without transformers)."""
-    ref0, cfg0 = refs[0], fields[0]
-    for ref, cfg in zip(refs[1:], fields[1:]):
-        diffs = [f"{k}: {cfg0.get(k)} vs {cfg.get(k)}" for k in SIZE_KEYS if cfg0.get(k) != cfg.get(k)]
-        if diffs:
-            raise IncompatibleModelsError(
-                f"'{ref}' does not match '{ref0}' ({'; '.join(diffs)}). "
-                "Merge models of the same architecture and size."
-            )
 
 
 class LLMAdapter:

@@ -1,27 +1,39 @@
-"""Loading helpers shared by the adapters: references, dtypes, devices, shape checks."""
+"""Loading helpers shared by the adapters: references, dtypes, devices, shape checks.
+
+torch is imported only by the helpers that return torch objects: the streamed ``evomm merge``
+uses the others without importing it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from evomm import builtin
 from evomm.errors import ConfigError, IncompatibleModelsError, ModelLoadError
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def check_dtype(name: str) -> str:
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype '{name}'; known dtypes: {', '.join(DTYPES)}")
+    return name
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ConfigError(f"unknown dtype '{name}'; known dtypes: {', '.join(DTYPES)}") from None
+    import torch
+
+    return getattr(torch, check_dtype(name))
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -86,9 +98,9 @@ def load_or_explain(ref: str, loader: Callable[[str], Any], what: str = "model")
 
 def compare_shapes(
     reference_name: str,
-    reference: dict[str, torch.Size],
+    reference: dict[str, tuple[int, ...]],
     other_name: str,
-    other: dict[str, torch.Size],
+    other: dict[str, tuple[int, ...]],
     max_listed: int = 5,
 ) -> None:
     """Raise IncompatibleModelsError naming the tensors whose names or shapes differ."""

@@ -38,7 +38,8 @@ import torch
 
 from evomm.adapters.base import TensorSlot, VLMHandle
 from evomm.adapters.config_drift import config_differences, warn_differences
-from evomm.adapters.llm import group_t, llm_group, load_config
+from evomm.adapters.llm import load_config
+from evomm.adapters.llm_names import group_t, llm_group
 from evomm.adapters.loading import check_ref, load_or_explain, pick_device, resolve_ref, torch_dtype
 from evomm.errors import ConfigError, IncompatibleModelsError
 

@@ -106,7 +106,7 @@ def _first_match(filters: list[list[str | None]], name: str) -> int | None:
 
 def verify_against_names(recipe: Recipe, filters: list[list[str | None]], tensor_names: list[str]) -> None:
     """Every tensor must take the same entry under evomm's rule and under mergekit's filters."""
-    from evomm.adapters.llm import llm_group
+    from evomm.adapters.llm_names import llm_group
 
     for name in tensor_names:
         ours = next((i for i, e in enumerate(recipe.entries) if e.matches(llm_group(name), name)), None)

@@ -35,18 +35,17 @@ are computed by ``MethodSpec.merge`` on whole tensors and copied in.
 from __future__ import annotations
 
 import threading
-import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import torch
 
 from evomm.errors import ConfigError, IncompatibleModelsError
 from evomm.merging.backend import fast_kernels
-from evomm.merging.method_spec import CHOICE_PARAMS, MethodSpec
+from evomm.merging.method_spec import MethodSpec
 from evomm.merging.methods import get_method
+from evomm.merging.random_stream import tensor_seed
 from evomm.recipe.recipe import Recipe
 from evomm.merging.slots import TensorSlot
 from evomm.merging.torch_path import torch_slot
@@ -57,15 +56,6 @@ __all__ = ["CPU_CHUNK", "FUSED", "STREAMED", "materialize", "tensor_seed", "writ
 # Methods the fused CPU kernel computes; methods the torch kernel computes (GPU: all of these).
 FUSED = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
 STREAMED = ("linear", "slerp", *FUSED)
-
-
-def tensor_seed(recipe_seed: int, tensor_name: str) -> int:
-    """A per-tensor seed that depends only on the recipe seed and the tensor's name.
-
-    crc32 (not Python's salted hash) keeps it stable across processes and runs, so a recipe
-    rebuilds the same DARE masks anywhere.
-    """
-    return (int(recipe_seed) * 1_000_003 + zlib.crc32(tensor_name.encode())) % (2**62)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,18 +166,5 @@ def _checked_params(spec: MethodSpec, slot: TensorSlot, params: dict, memo: dict
         )
     key = (n, repr(sorted(params.items())))
     if key not in memo:
-        full = spec.with_defaults(params, n)
-        spec.check_params(full, n)
-        out: dict[str, Any] = {}
-        for name, value in full.items():
-            if name in spec.tensor_params:
-                out[name] = [float(v) for v in value]
-            elif isinstance(value, (bool, np.bool_)):
-                out[name] = bool(value)
-            elif name in CHOICE_PARAMS:
-                out[name] = str(value)
-            else:
-                out["lambda_" if name == "lambda" else name] = float(value)
-        memo[key] = out
+        memo[key] = spec.resolved(params, n)
     return memo[key]
-

@@ -51,7 +51,7 @@ def uniform24(key, index):
     """24 random bits for element ``index`` (uint64) of the stream with the 32-bit ``key``.
 
     One hash round of the index's low 32 bits, the key and the high 32 bits times a constant
-    (0 for any tensor of fewer than 2^32 entries). ``evomm.merging.methods.uniform24`` computes
+    (0 for any tensor of fewer than 2^32 entries). ``evomm.merging.random_stream.uniform24`` computes
     the same numbers with torch operations.
     """
     high = np.uint32(np.uint32(index >> _S32) * _GOLDEN)

@@ -6,16 +6,20 @@ range; ``MethodSpec.merge`` fills defaults, checks, and calls the method's tenso
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import Tensor
 
 from evomm.errors import ConfigError, IncompatibleModelsError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # ---------------------------------------------------------------------------------------------
 # Parameter validation
@@ -51,10 +55,12 @@ class MethodSpec:
 
     ``tensor_params`` are per-source (one value per source, in source order) and
     ``global_params`` method-wide; the dict values are defaults, ``None`` meaning required.
+    ``fn`` is the tensor function or its import path (``pkg.module.function``, imported at the
+    first merge: the built-ins name theirs, so checking a recipe needs no torch).
     """
 
     name: str
-    fn: Callable[..., Tensor]
+    fn: Callable[..., Tensor] | str
     needs_base: bool
     tensor_params: dict[str, float | None]
     global_params: dict[str, Any]
@@ -157,6 +163,24 @@ class MethodSpec:
                 full[key] = default
         return full
 
+    def resolved(self, params: dict, n_sources: int) -> dict[str, Any]:
+        """Every parameter, defaults filled in and checked, typed for the tensor code: per-source
+        lists of floats, switches as bool, choices as str, other numbers as float; ``lambda``
+        as ``lambda_`` (a Python keyword)."""
+        full = self.with_defaults(params, n_sources)
+        self.check_params(full, n_sources)
+        out: dict[str, Any] = {}
+        for key, value in full.items():
+            if key in self.tensor_params:
+                out[key] = [float(v) for v in value]
+            elif key in _BOOL_PARAMS or _is_bool(value):
+                out[key] = bool(value)
+            elif key in CHOICE_PARAMS:
+                out[key] = str(value)
+            else:
+                out[_py_name(key)] = float(value)
+        return out
+
     # ---- merging --------------------------------------------------------------------------
     def merge(
         self,
@@ -167,8 +191,7 @@ class MethodSpec:
     ) -> Tensor:
         """Merge one tensor; returns a new float32 tensor of the inputs' shape."""
         sources = list(sources)
-        full = self.with_defaults(params, len(sources))
-        self.check_params(full, len(sources))
+        kwargs = self.resolved(params, len(sources))
         if self.needs_base and base is None:
             raise self._err("needs a base model tensor; set a base model")
         if self.random and seed is None:
@@ -182,19 +205,19 @@ class MethodSpec:
                 f"the models do not share an architecture"
             )
 
-        kwargs: dict[str, Any] = {}
-        for key, value in full.items():
-            if key in self.tensor_params:
-                kwargs[key] = [float(v) for v in value]
-            elif key in _BOOL_PARAMS:
-                kwargs[key] = bool(value)
-            elif key in CHOICE_PARAMS:
-                kwargs[key] = str(value)
-            else:
-                kwargs[_py_name(key)] = float(value)
         if self.random:
             kwargs["seed"] = int(seed)
-        return self.fn(base, sources, **kwargs)
+        return _function(self.fn)(base, sources, **kwargs)
+
+
+def _function(fn: Callable[..., Tensor] | str) -> Callable[..., Tensor]:
+    return _import_function(fn) if isinstance(fn, str) else fn
+
+
+@functools.cache
+def _import_function(path: str) -> Callable[..., Tensor]:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _py_name(key: str) -> str:

@@ -8,10 +8,15 @@ computes the same numbers inside the fused CPU kernels.
 from __future__ import annotations
 
 import math
+import zlib
+
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 _LOW32 = 0xFFFFFFFF
 _LOWBIAS32 = (0x7FEB352D, 0x846CA68B)  # lowbias32's multipliers
@@ -30,6 +35,15 @@ def stream_key(seed: int, source: int) -> int:
     return (z ^ (z >> 31)) >> 32
 
 
+def tensor_seed(recipe_seed: int, tensor_name: str) -> int:
+    """A per-tensor seed that depends only on the recipe seed and the tensor's name.
+
+    crc32 (not Python's salted hash) keeps it stable across processes and runs, so a recipe
+    rebuilds the same DARE masks anywhere.
+    """
+    return (int(recipe_seed) * 1_000_003 + zlib.crc32(tensor_name.encode())) % (2**62)
+
+
 def _mul32(x: Tensor, c: int) -> Tensor:
     """(x * c) mod 2^32 for int64 x in [0, 2^32) without int64 overflow (c = c' + 2^31)."""
     if c < 2**31:
@@ -44,6 +58,8 @@ def uniform24(key: int, numel: int, device: torch.device | str = "cpu", start: i
     the numbers are the same on every device, in every chunking and in any order of drawing.
     ``evomm.merging.kernels.uniform24`` computes the same numbers in the fused CPU kernels.
     """
+    import torch  # here only: the fused kernels' callers use stream_key and keep_limit without torch
+
     index = torch.arange(start, start + numel, dtype=torch.int64, device=device)
     x = (index & _LOW32) ^ key ^ _mul32(index >> 32, _GOLDEN32)
     x = x ^ (x >> 16)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from evomm.merging import kernels
+from evomm.merging.mix import Trims, recompute_at, sorted_union
 from evomm.merging.slot_cache import SlotCache
 from evomm.merging.sparsify import magnitude_threshold
 from evomm.merging.topk import Trim, exact_trim, next_up, top_k
@@ -171,20 +172,7 @@ def _rank_in_window(k: int, lo: np.float32, hi: np.float32, counts: np.ndarray, 
     return (float(lo), above + at_hi + inside.size, at_lo) if rank - inside.size <= at_lo else None
 
 
-def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:
-    """Union of ascending int arrays (a stable sort merges sorted runs in linear time)."""
-    if not arrays:
-        return np.zeros(0, np.int64)
-    merged = np.sort(np.concatenate(arrays), kind="stable")
-    if merged.size < 2:
-        return merged
-    keep = np.empty(merged.size, dtype=np.bool_)
-    keep[0] = True
-    np.not_equal(merged[1:], merged[:-1], out=keep[1:])
-    return merged[keep]
-
-
-class Thresholds:
+class Thresholds(Trims):
     """Per-source TIES trims for the fused kernel, for one slot and one candidate.
 
     The kernel keeps |tau_i| >= threshold[i] and collects the entries inside window[i] = [lo, hi)
@@ -194,15 +182,11 @@ class Thresholds:
     the k-th largest magnitude v, the threshold is just above v and ``fix_up`` adds the kept ties
     (``index`` order: the window [v, next float) collects them in the kernel's pass; ``mergekit``
     order: ``topk.kept_ties``). ``fix_up`` then recomputes every entry the final trims keep below
-    the thresholds the kernel used. ``Thresholds(m)`` keeps everything and collects nothing.
+    the thresholds the kernel used.
     """
 
     def __init__(self, m: int, tie_order: str = "index"):
-        self.threshold = np.zeros(m, np.float32)  # keep |tau| >= threshold; 0 keeps everything
-        self.window = np.tile(np.float32([1.0, 0.0]), (m, 1))  # lo >= hi: no window
-        self.found_idx = np.empty((m, 0), np.int64)
-        self.found_val = np.empty((m, 0), np.float32)
-        self.found_n = np.zeros(m, np.int64)
+        super().__init__(np.zeros(m, np.float32))  # keeps everything, no windows, until set
         self.tie_order = tie_order
         self.pending: dict[int, tuple[int, int, int]] = {}  # bracket sources: i -> (k, above, count)
         self.tied: dict[int, tuple[int, int, int, float]] = {}  # i -> (k, greater, equal, v): collect ties
@@ -286,23 +270,15 @@ class Thresholds:
                         tied if self.tie_order == "index" else None)
             positions.append(where[values >= self.threshold[i]])
         positions.extend(self.ties.values())
-        where = _sorted_union(positions)
+        where = sorted_union(positions)
         if where.size:
             self._recompute(mix, base, sources, tflat, where)
 
     def _recompute(self, mix, base: Tensor, sources: list[Tensor], tflat: Tensor, where: np.ndarray) -> None:
         """The merge at positions ``where`` with the final trims, written into ``tflat``."""
         idx = torch.from_numpy(where)
-        b = base.index_select(0, idx).float().numpy()
-        gathered = []
-        for i, s in enumerate(sources):  # a dropped entry becomes the base's: tau = 0, kept or not
-            x = s.index_select(0, idx).float().numpy()
-            keep = np.abs(x - b) >= self.threshold[i]
-            if i in self.ties:
-                keep |= np.isin(where, self.ties[i], assume_unique=True)
-            gathered.append(np.where(keep, x, b))
-        out = np.empty(where.size, np.float32)
-        mix.run(b, tuple(gathered), out, 0, Thresholds(len(sources)))
+        out = recompute_at(mix, base.index_select(0, idx).float().numpy(),
+                           [s.index_select(0, idx).float().numpy() for s in sources], where, self.threshold, self.ties)
         tflat.index_copy_(0, idx, torch.from_numpy(out).to(tflat.dtype))
 
 

@@ -16,7 +16,9 @@ change, fall on the base's float grid) only k - count(> v) are kept. Which ones 
   Recipes read from a mergekit YAML use it, so ``evomm merge`` gives mergekit's tensors.
 
 A :class:`Trim` is one source's decision for one tensor, which every merge path applies the same
-way: keep |tau| >= ``threshold``, plus the tied entries listed in ``ties``.
+way: keep |tau| >= ``threshold``, plus the tied entries listed in ``ties``. ``array_trim`` is
+the whole decision on a numpy array, for the streamed one-shot merge, which runs without torch:
+the functions that take tensors import torch themselves.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from evomm.merging.backend import fast_kernels
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 __all__ = ["TIE_ORDERS", "Trim", "TieOrders", "apply_trim", "band_slice", "exact_trim", "kept_ties", "next_up",
-           "sorted_slice", "tied_positions", "top_k"]
+           "sorted_slice", "tied_positions", "top_k", "array_trim"]
 
 TIE_ORDERS = ("index", "mergekit")
 
@@ -86,6 +91,8 @@ def sorted_slice(values: np.ndarray, descending: bool, start: int, stop: int) ->
         depth = 2 * (vals.size.bit_length() - 1) if vals.size else 0
         sort_range(vals, idx, descending, start, stop, depth)
         return idx[start:stop].copy()
+    import torch
+
     order = torch.argsort(torch.from_numpy(np.ascontiguousarray(values, np.float32)), descending=descending)
     return order[start:stop].numpy().copy()
 
@@ -110,6 +117,8 @@ def kept_ties(magnitudes: Tensor | Callable[[], Tensor], value: float, greater: 
 
 def tied_positions(magnitudes: Tensor | Callable[[], Tensor], value: float) -> np.ndarray:
     """Ascending flat positions of the entries equal to ``value``."""
+    import torch
+
     magnitudes = magnitudes() if callable(magnitudes) else magnitudes
     return torch.nonzero(magnitudes.reshape(-1) == value).reshape(-1).cpu().numpy()
 
@@ -128,6 +137,8 @@ def exact_trim(magnitudes: Tensor | Callable[[], Tensor], k: int, value: float, 
     if value <= 0.0:
         return Trim(0.0)
     if greater is None or equal is None:
+        import torch
+
         greater = int(torch.count_nonzero(magnitudes > value))
         equal = int(torch.count_nonzero(magnitudes == value))
     if greater + equal <= k:
@@ -150,6 +161,8 @@ def band_slice(magnitudes: Tensor, value: float, first: int, start: int, stop: i
 
 def apply_trim(delta: Tensor, trim: Trim) -> Tensor:
     """``delta`` (float32, any shape) with the entries the trim drops set to zero (a new tensor)."""
+    import torch
+
     if trim.threshold <= 0.0 and trim.ties is None:
         return delta.clone()
     flat = delta.reshape(-1)
@@ -157,3 +170,34 @@ def apply_trim(delta: Tensor, trim: Trim) -> Tensor:
     if trim.ties is not None and trim.ties.size:
         keep[torch.from_numpy(trim.ties).to(flat.device)] = True
     return torch.where(keep, flat, 0.0).reshape(delta.shape)
+
+
+def array_trim(magnitudes: np.ndarray, k: int, tie_order: str) -> Trim:
+    """The trim that keeps exactly k entries of one flat float32 |tau| (a numpy array, used as
+    scratch: reordered by the ``mergekit`` order), without torch.
+
+    ``mergekit``: the first k of torch's CPU argsort are the entries at positions [0, k) once
+    the sort is replayed down to the partition that holds the boundary between ranks k - 1
+    and k (``sort_kernels.sort_range``; the partitions left out lie wholly on one side of it);
+    position k - 1 then holds the k-th largest v. ``index``: v by a radix selection, the ties at
+    v kept in index order. Needs numba (the callers check ``fast_kernels``).
+    """
+    from evomm.merging import kernels
+    from evomm.merging.sort_kernels import sort_range
+
+    n = magnitudes.size
+    if k >= n:
+        return Trim(0.0)
+    if tie_order == "mergekit":
+        idx = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+        sort_range(magnitudes, idx, True, k - 1, k, 2 * (n.bit_length() - 1))
+        value = float(magnitudes[k - 1])
+        if value <= 0.0:
+            return Trim(0.0)  # tied zeros are zeros whether kept or not
+        head = magnitudes[:k]
+        return Trim(next_up(value), np.sort(idx[:k][head == np.float32(value)]).astype(np.int64))
+    value = float(kernels.kth_largest(magnitudes, k))
+    if value <= 0.0:
+        return Trim(0.0)
+    greater = int(np.count_nonzero(magnitudes > np.float32(value)))
+    return Trim(next_up(value), np.flatnonzero(magnitudes == np.float32(value))[: k - greater].astype(np.int64))

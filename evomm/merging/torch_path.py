@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evomm.merging.methods import sum_divisor
 from evomm.merging.random_stream import keep_limit, stream_key, uniform24
 from evomm.merging.slot_cache import SlotCache, slot_cache
 from evomm.merging.slots import TensorSlot
@@ -20,7 +21,6 @@ from evomm.merging.sparsify import magnitude_threshold
 from evomm.merging.topk import exact_trim, top_k
 from evomm.merging.workspace import Workspace, as_f32, finish_target, flat, flat_target
 
-_TINY_DIVISOR = 1e-8  # as methods.combine_task_vectors
 _SLERP_DOT_THRESHOLD = 0.9995  # as methods.slerp
 _MIN_SUBNORMAL = float(np.nextafter(np.float32(0), np.float32(1)))  # smallest positive float32
 
@@ -55,12 +55,6 @@ def torch_slot(method: str, slot: TensorSlot, p: dict, seed: int | None, work: W
             tflat[start:stop].copy_(dst)
     finish_target(target, tflat)
 
-
-
-def sum_divisor(weight: list[float]) -> float:
-    """Task arithmetic's normalisation: sum of the weights, 1 when it is ~0 (as the reference)."""
-    divisor = math.fsum(weight)
-    return 1.0 if abs(divisor) < _TINY_DIVISOR else divisor
 
 
 def _prev_f32(value: float) -> float:
