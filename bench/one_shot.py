@@ -17,8 +17,12 @@ are reported too.
 A second line times what a user runs: ``evomm merge CONFIG OUT`` in a fresh process, end to end
 (interpreter start, imports, merge, save), next to ``mergekit-yaml CONFIG OUT`` on the same
 mergekit YAML, alternating, fastest of three each, and compares the two outputs tensor by tensor.
+A mergekit YAML asks for mergekit's tie order (``tie_order: mergekit``), so the tensors are
+mergekit's own. The first ``evomm merge`` of an architecture also builds its tensor layout
+with transformers (kept in $EVOMM_HOME/layouts): that run is timed on its own, with an empty
+layout cache (``evomm_new_architecture_seconds``).
 
-    python bench/one_shot.py [--small] [--repeats N]
+    python bench/one_shot.py [--small] [--repeats N] [--cold-only]
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from _common import build_models, emit, median, parser, quiet, setup, timed
 
 from evomm.cli import merge_to_dir
 from evomm.recipe.recipe import Entry, Recipe
-from evomm.merging.streaming import _ShardWriter
+from evomm.merging.safetensors_io import ShardWriter
 
 TARGET = 1.5
 COLD_TARGET = 10.0  # a cold `evomm merge` at least 10x faster than mergekit-yaml end to end
@@ -66,11 +70,17 @@ def cold_commands() -> dict[str, list[str]]:
 
 def cold_runs(base: str, experts: list[str], tmp: Path, repeats: int = 3) -> dict:
     """Fresh-process timings of both commands and how far apart their tensors are."""
+    import os
+
     config = tmp / "ties.yml"
     config.write_text(MERGEKIT_YAML.format(base=base, e0=experts[0], e1=experts[1]))
     outs = {"evomm": tmp / "cold_evomm", "mergekit": tmp / "cold_mergekit"}
     cmds = cold_commands()
     extra = {"evomm": [], "mergekit": ["--no-copy-tokenizer"]}
+    start = time.perf_counter()  # a new architecture: the layout cache is empty
+    subprocess.run([*cmds["evomm"], str(config), str(tmp / "cold_first")], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, "EVOMM_HOME": str(tmp / "fresh_home")})
+    first = time.perf_counter() - start
     seconds: dict[str, list[float]] = {"evomm": [], "mergekit": []}
     for _ in range(repeats):
         for name in ("evomm", "mergekit"):
@@ -82,6 +92,7 @@ def cold_runs(base: str, experts: list[str], tmp: Path, repeats: int = 3) -> dic
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             seconds[name].append(time.perf_counter() - start)
     result = {f"{k}_seconds": round(min(v), 2) for k, v in seconds.items() if v}
+    result["evomm_new_architecture_seconds"] = round(first, 2)
     if seconds["mergekit"]:
         ours, theirs = _tensors(outs["evomm"]), _tensors(outs["mergekit"])
         diffs = [(ours[k].float() - theirs[k].float()).abs() for k in theirs]
@@ -102,6 +113,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 def main() -> None:
     p = parser(__doc__)
     p.set_defaults(repeats=20)
+    p.add_argument("--cold-only", action="store_true", help="only the fresh-process commands")
     args = p.parse_args()
     setup(args)
     quiet()
@@ -131,13 +143,13 @@ def main() -> None:
         def floor_workers(reads: int = 1) -> None:
             path = fresh_out()
             b, e0, e1 = (load_file(f) for f in files)
-            writer = _ShardWriter(path, [(k, t.dtype, tuple(t.shape)) for k, t in b.items()])
+            writer = ShardWriter(path, [(k, "F32", tuple(t.shape)) for k, t in b.items()])
 
             def one(k: str) -> None:
                 for _ in range(reads - 1):  # an earlier read of every input (sums: nothing written)
                     for t in (b[k], e0[k], e1[k]):
                         t.sum()
-                writer.write(k, torch.addcmul(b[k], e0[k], e1[k]))
+                writer.write(k, torch.addcmul(b[k], e0[k], e1[k]).numpy())
 
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
@@ -157,6 +169,12 @@ def main() -> None:
             materialize(adapter.slots(), recipe)
             adapter.save_merged(out)
 
+        nbytes = (Path(base) / "model.safetensors").stat().st_size
+        if args.cold_only:
+            emit(bench="one_shot_cold", method="ties", what="evomm merge CONFIG OUT vs mergekit-yaml CONFIG OUT, "
+                 "fresh processes, end to end", target_speedup=COLD_TARGET, model_bytes=nbytes, small=args.small,
+                 **cold_runs(base, experts, tmp))
+            return
         floor_save_file()
         evomm_merge()  # warm the page cache (and compile the kernels) for everyone
         saves, workers, two_reads, merges = [], [], [], []
@@ -167,7 +185,6 @@ def main() -> None:
             merges += timed(evomm_merge, 1)
         memory = timed(in_memory, 1)
         f, m = min(min(saves), min(workers)), min(merges)
-        nbytes = (Path(base) / "model.safetensors").stat().st_size
         emit(bench="one_shot", method="ties", seconds=round(m, 3), floor_seconds=round(f, 3), ratio=round(m / f, 2),
              target_ratio=TARGET, median_seconds=round(median(merges), 3),
              floor_save_file_seconds=round(min(saves), 3), floor_workers_seconds=round(min(workers), 3),
