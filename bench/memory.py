@@ -37,7 +37,7 @@ def child(base: str, experts: list[str]) -> None:
     from evomm.search.checkpoint import SearchState
     from evomm.search.loop import Problem, search
     from evomm.search.optimizers import build_optimizer
-    from evomm.merging import engine
+    from evomm.merging import ties_thresholds
     from evomm.merging.engine import materialize
     from evomm.recipe.recipe import Entry, Recipe
     from evomm.search.space import SearchSpace, build_units
@@ -59,11 +59,11 @@ def child(base: str, experts: list[str]) -> None:
         build_optimizer("cmaes", dim=2, seed=0)  # importing pycma alone takes ~100 MB
         # Load every compiled merge kernel (numba, LLVM: several MB each): TIES on the tiny
         # tensors as on large ones (single-use thresholds, then the magnitude index), DARE.
-        small_tensor, engine.SMALL_TENSOR = engine.SMALL_TENSOR, 0
+        small_tensor, ties_thresholds.SMALL_TENSOR = ties_thresholds.SMALL_TENSOR, 0
         for method in ("ties", "ties", "dare_ties"):
             materialize(warm.slots(), Recipe(adapter="llm", method=method, models=[tmp, tmp], base=tmp, seed=0,
                                              entries=[Entry(params={"weight": [0.5, 0.5], "density": [0.5, 0.5]})]))
-        engine.SMALL_TENSOR = small_tensor
+        ties_thresholds.SMALL_TENSOR = small_tensor
     del tiny, warm
     baseline = proc.memory_info().rss
     adapter = LLMAdapter(models=experts, base=base, device="cpu", require_tokenizer=False)

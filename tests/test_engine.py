@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from evomm.merging.slots import TensorSlot
 from evomm.errors import ConfigError, IncompatibleModelsError
-from evomm.merging import engine, kernels, ties_thresholds
+from evomm.merging import engine, kernels, ties_select, ties_thresholds
 from evomm.merging.engine import materialize, tensor_seed
 from evomm.merging.workspace import Workspace
 from evomm.merging.methods import get_method
@@ -173,7 +173,7 @@ def test_single_use_threshold_is_the_kth_largest_or_none(layout, chunk, packed, 
     elif layout == "levels":  # few distinct magnitudes: the bracket's ends coincide or hold many
         tau = torch.randint(-2, 3, (n,), generator=g).float() * 0.25
     else:  # the sample is the first 16 entries, which are far smaller than the rest
-        monkeypatch.setattr(ties_thresholds, "SAMPLE", 16)
+        monkeypatch.setattr(ties_select, "SAMPLE", 16)
         tau = 1.0 + torch.rand(n, generator=g)
         tau[:16] = 0.001 * torch.rand(16, generator=g)
     other = base + 0.5 * torch.randn(n, generator=g)  # a second source in the same pass

@@ -6,7 +6,6 @@ float32 tensors go whole, others chunk by chunk through float32 buffers; see
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from evomm.merging.mix import Mix

@@ -7,17 +7,24 @@ dare_linear) on the CPU with numba reads each tensor from the memory-mapped chec
 then never imports torch. The tensors equal the engine's bit for bit (the tests compare them):
 the same float32 kernel, exact TIES trims (``topk.array_trim``: the same k entries, ties in
 the same order) with the kept ties recomputed as the engine's fix-up does, and the same
-rounding to the storage dtype. A tensor merged once needs no magnitude index, so the trims
-are taken straight from each |tau|.
+rounding to the storage dtype. A tensor merged once needs no magnitude index: the k-th largest
+|tau| comes from a sample and one counting pass (``ties_select``), as in the engine's first
+merge of a slot, and only where entries tie at it is |tau| materialised to choose among them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from numpy.lib.stride_tricks import as_strided
+
 from evomm.merging.mix import Mix, Trims, recompute_at, sorted_union
-from evomm.merging.topk import array_trim, top_k
 from evomm.merging.safetensors_io import from_float32, to_float32
+from evomm.merging.ties_select import sample_geometry, select_thresholds
+from evomm.merging.topk import Trim, array_trim, next_up, top_k
+
+# Smaller tensors take their trims from |tau| directly (as the engine's SMALL_TENSOR).
+SMALL_TENSOR = 1 << 16
 
 # The methods computed here (with the engine's defaults filled in, TIES without ``rescale``).
 ARRAY_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
@@ -45,12 +52,8 @@ def merge_arrays(method: str, p: dict, seed: int | None, base: np.ndarray, sourc
     threshold = np.zeros(m, np.float32)
     ties: dict[int, np.ndarray] = {}
     if method == "ties":
-        scratch = np.empty(n, np.float32)
-        for i, d in enumerate(density):
-            if d >= 1.0:
-                continue
-            np.abs(np.subtract(sources[i], base, out=scratch), out=scratch)  # |tau| as the kernel computes it
-            trim = array_trim(scratch, top_k(d, n), p["tie_order"])
+        ks = {i: top_k(d, n) for i, d in enumerate(density) if d < 1.0}
+        for i, trim in one_shot_trims(base, sources, ks, p["tie_order"]).items():
             threshold[i] = trim.threshold
             if trim.ties is not None and trim.ties.size:
                 ties[i] = trim.ties
@@ -60,3 +63,33 @@ def merge_arrays(method: str, p: dict, seed: int | None, base: np.ndarray, sourc
     if where.size:  # the kernel dropped the kept ties (below its threshold): merge them again
         out[where] = recompute_at(mix, base[where], [s[where] for s in sources], where, threshold, ties)
     return out
+
+
+def one_shot_trims(base: np.ndarray, sources: list[np.ndarray], ks: dict[int, int], tie_order: str) -> dict[int, Trim]:
+    """Source i's exact trim keeping ks[i] entries, for the sources in ``ks``."""
+    n = base.size
+    found: dict[int, tuple[float, int, int] | None] = dict.fromkeys(ks)
+    if n > SMALL_TENSOR and ks:
+        runs, run, step = sample_geometry(n)
+        strides = (step * base.itemsize, base.itemsize)  # contiguous float32: a strided view, no copy
+        sample = as_strided(base, (runs, run), strides)
+        samples = [np.abs(as_strided(sources[i], (runs, run), strides) - sample).reshape(-1) for i in ks]
+        chosen = tuple(sources[i] for i in ks)
+        found = dict(zip(ks, select_thresholds(n, list(ks.values()), samples, lambda: [(base, chosen)])))
+    trims = {}
+    for i, k in ks.items():
+        if found[i] is not None:
+            value, greater, equal = found[i]
+            if value <= 0.0:
+                trims[i] = Trim(0.0)  # tied zeros are zeros whether kept or not
+                continue
+            if greater + equal <= k:
+                trims[i] = Trim(value)  # no tie to choose among
+                continue
+        magnitudes = np.abs(sources[i] - base)  # as the kernel computes |tau|
+        if found[i] is not None and tie_order == "index":  # the first k - greater ties by position
+            tied = np.flatnonzero(magnitudes == np.float32(value))[: k - greater]
+            trims[i] = Trim(next_up(value), tied.astype(np.int64))
+        else:
+            trims[i] = array_trim(magnitudes, k, tie_order)
+    return trims

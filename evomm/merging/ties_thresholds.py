@@ -13,7 +13,6 @@ mergekit's (``evomm.merging.topk``) and are recomputed by the fix-up as well.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,9 @@ import torch
 from torch import Tensor
 
 from evomm.merging import kernels
+from evomm.merging import ties_select
 from evomm.merging.mix import Trims, recompute_at, sorted_union
+from evomm.merging.ties_select import sample_geometry
 from evomm.merging.slot_cache import SlotCache
 from evomm.merging.sparsify import magnitude_threshold
 from evomm.merging.topk import Trim, exact_trim, next_up, top_k
@@ -36,12 +37,6 @@ OCTAVES = 24  # the index resolves magnitudes down to 2^-24 of the largest; belo
 _SHIFT = 8  # magnitude buckets: float32 bits >> 8 (2^15 buckets per octave)
 # TIES on tensors up to this size takes its exact thresholds from kthvalue (no index needed).
 SMALL_TENSOR = 1 << 16
-# A slot's first TIES merge takes single-use thresholds (no index): |tau| is sampled at up to
-# SAMPLE entries (runs of _RUN neighbours, one cache line of float32), and the bracket around
-# the k-th largest spans _SPREAD standard deviations of the sample quantile on either side.
-SAMPLE = 1 << 15
-_RUN = 16
-_SPREAD = 4.0
 _MIN_SUBNORMAL = float(np.nextafter(np.float32(0), np.float32(1)))  # smallest positive float32
 
 
@@ -105,71 +100,22 @@ class MagnitudeIndex:
 
 def select_thresholds(base: Tensor, sources: list[Tensor], ks: list[int],
                       work: Workspace) -> list[tuple[float, int, int] | None]:
-    """The ks[i]-th largest |sources[i] - base| without an index (flat tensors), with the
-    numbers of entries above and equal to it; None where the sample's bracket missed it or held
-    more entries than expected (the index decides).
-
-    A sample of each |tau| brackets its k-th largest between two sampled values lo <= hi; one
-    pass over the tensors (``kernels.magnitude_windows``) counts the entries above hi and at
-    either end and copies those strictly between, which fixes the k-th largest's rank among
-    them. Costs about one read of the tensors, a third of an index build: it pays off for a
-    tensor merged once (``evomm merge``).
-    """
-    n, m = base.numel(), len(sources)
-    run = min(_RUN, n)
-    runs = max(1, min(n // (16 * run), SAMPLE // run))  # at most 1/16 of the tensor
-    step = (n - run) // max(1, runs - 1)  # runs evenly spread: a strided view, no index
+    """``ties_select.select_thresholds`` on flat tensors: the samples taken with strided views, the
+    counting pass over float32 chunks (bf16/fp16 tensors converted chunk by chunk)."""
+    n = base.numel()
+    runs, run, step = sample_geometry(n)
     sampled_base = base.as_strided((runs, run), (step, 1)).float()
-    lo, hi = np.zeros(m, np.float32), np.full(m, np.inf, np.float32)
-    width = 0
-    for i, (source, k) in enumerate(zip(sources, ks)):
-        sample = (source.as_strided((runs, run), (step, 1)).float() - sampled_base).abs().reshape(-1).numpy()
-        size, q = sample.size, k / n
-        spread = _SPREAD * math.sqrt(size * q * (1.0 - q)) + 2.0
-        top, bottom = math.floor(q * size - spread), math.ceil(q * size + spread)  # ranks, 0 = largest
-        if top >= 0 and bottom < size:
-            hi[i], lo[i] = kernels.kth_largest_pair(sample, top + 1, bottom + 1)
-        elif top >= 0:
-            hi[i] = kernels.kth_largest(sample, top + 1)
-        elif bottom < size:
-            lo[i] = kernels.kth_largest(sample, bottom + 1)
-        width = max(width, min(bottom, size) - max(top, 0))
-    # room for the expected window and then some (its count varies by ~1/sqrt(width) around it,
-    # more for a narrow one), plus the BLOCK entries the kernel may write beyond it
-    room = int(1.25 * width / runs / run * n) + kernels.BLOCK
-    found = np.empty((m, room + kernels.BLOCK), np.float32)
-    found_n = np.zeros(m, np.int64)
-    counts = np.zeros((m, 3), np.int64)  # per source: above hi, at hi, at lo
+    samples = [(s.as_strided((runs, run), (step, 1)).float() - sampled_base).abs().reshape(-1).numpy() for s in sources]
     cpu = torch.device("cpu")
     chunk = work.fused_chunk(n, [base, *sources])
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        b = as_f32(work, "b", base[start:stop], cpu).detach().numpy()
-        srcs = tuple(as_f32(work, f"s{i}", s[start:stop], cpu).detach().numpy() for i, s in enumerate(sources))
-        kernels.magnitude_windows(b, srcs, lo, hi, counts, found, found_n)
-    return [_rank_in_window(k, lo[i], hi[i], counts[i], found[i, :found_n[i]], room)
-            for i, k in enumerate(ks)]
 
+    def chunks():
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            yield (as_f32(work, "b", base[start:stop], cpu).detach().numpy(),
+                   tuple(as_f32(work, f"s{i}", s[start:stop], cpu).detach().numpy() for i, s in enumerate(sources)))
 
-def _rank_in_window(k: int, lo: np.float32, hi: np.float32, counts: np.ndarray, inside: np.ndarray,
-                    room: int) -> tuple[float, int, int] | None:
-    """(the k-th largest, entries above it, entries equal to it) from one source's window
-    counts, or None when the k-th largest is not in the window."""
-    if inside.size > room:
-        return None  # a wider window than the sample suggested
-    above, at_hi, at_lo = (int(c) for c in counts)
-    rank = k - above  # the k-th largest is the rank-th largest of the entries <= hi
-    if rank < 1:
-        return None
-    if rank <= at_hi:
-        return float(hi), above, at_hi
-    if lo == hi:
-        return None
-    rank -= at_hi
-    if rank <= inside.size:
-        value = kernels.kth_largest(inside, rank)
-        return float(value), above + at_hi + int(np.count_nonzero(inside > value)), int(np.count_nonzero(inside == value))
-    return (float(lo), above + at_hi + inside.size, at_lo) if rank - inside.size <= at_lo else None
+    return ties_select.select_thresholds(n, ks, samples, chunks)
 
 
 class Thresholds(Trims):
