@@ -6,7 +6,6 @@ Parameter groups follow the decoder stack: ``embed``, ``layers.0`` ... ``layers.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from evomm.adapters.loading import (
     torch_dtype,
 )
 from evomm.adapters.llm_names import SIZE_KEYS, check_sizes, group_t, llm_group
-from evomm.errors import ConfigError, IncompatibleModelsError, ModelLoadError
+from evomm.errors import ConfigError, ModelLoadError
 
 def load_config(ref: str):
     from transformers import AutoConfig
