@@ -123,10 +123,9 @@ class PSDFSKind(DFSKind):
         known = set(spec.tensor_params) | set(spec.global_params)
         for key in self.fallback_params:
             if key not in known:
-                rest = {k: v for k, v in self.fallback_params.items() if k in known}
                 raise ConfigError(
                     f"space.fallback_params.{key}: merge method '{spec.name}' does not take it (its parameters: "
-                    f"{', '.join(sorted(known))}); e.g. 'space.fallback_params={_hydra_dict(rest)}'"
+                    f"{', '.join(sorted(known))}); drop it with '~space.fallback_params.{key}'"
                 )
         n = len(c["adapter"]["models"])
         check_settings(spec, fixed_params(spec.name, self._fallback(c), n), n, "space.fallback_params")
@@ -163,7 +162,3 @@ class PSDFSKind(DFSKind):
                 "ps_fallback": {"method": c["merge"]["method"], **self.fallback_params, **({"params": params} if params else {})},
                 "route_models": self.route_model_refs, "repeats": self.repeats, "w_range": self.w_range,
                 "x0_margin": self.x0_margin}
-
-
-def _hydra_dict(d: dict) -> str:
-    return "{" + ",".join(f"{k}:{v}" for k, v in d.items()) + "}"

@@ -80,6 +80,8 @@ class ParameterSpaceKind:
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"unknown space.granularity '{self.granularity}'; known: {', '.join(GRANULARITIES)}")
         require_int(self.group_size, "space.group_size", 1)
+        if self.granularity == "layer_filter" and not self.filters:
+            raise ConfigError("space.filters must name at least one filter for granularity layer_filter")
         known_params = set(spec.tensor_params) | set(spec.global_params)
         evolve = self.evolved(c)
         for name in evolve:
@@ -92,6 +94,8 @@ class ParameterSpaceKind:
             low, high = require_range(b, f"space.bounds.{name}")
             if name == "density" and not (0 < low and high <= 1):
                 raise ConfigError(f"density must lie in (0, 1]; space.bounds.density is {b}")
+            if name == "t" and not (0 <= low and high <= 1):
+                raise ConfigError(f"t must lie in [0, 1]; space.bounds.t is {b}")
         _validate_fixed_params(merge, spec, evolve, len(models))
 
     def build(self, c: dict) -> tuple[Any, SearchSpace]:
