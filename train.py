@@ -3,11 +3,29 @@
 import os
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from evomm.config_moves import check_argv
+from evomm.errors import ConfigError
 
-from evomm.errors import EvommError
-from evomm.runner import run
+
+def _refuse_old_overrides() -> None:
+    """An override written for the config layout before the space group (merge=dfs,
+    merge.granularity=layer, ...) gets one line naming the new key, before Hydra composes
+    anything or torch is imported."""
+    try:
+        check_argv(sys.argv[1:])
+    except ConfigError as e:
+        print(f"evomm: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _refuse_old_overrides()
+
+import hydra  # noqa: E402  (after the argument scan: a refused override costs no import)
+from omegaconf import DictConfig  # noqa: E402
+
+from evomm.errors import EvommError  # noqa: E402
+from evomm.runner import run  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -7,47 +7,33 @@ check raises ConfigError with a message that names the key and says what to chan
 from __future__ import annotations
 
 import difflib
-import math
-from pathlib import Path
 from typing import Any
 
 from evomm import plugins
 from evomm.adapters.availability import check_available
-from evomm.adapters.loading import check_ref
+from evomm.config_moves import MOVED_KEYS, check_merge_section
+from evomm.config_values import require_int as _int
+from evomm.config_values import require_number as _number
 from evomm.errors import ConfigError
 from evomm.merging.methods import get_method
-from evomm.recipe.recipe import check_settings, fixed_params
 from evomm.search.scoring import FitnessSettings
-from evomm.search.space import GRANULARITIES
+from evomm.search.space_kinds import space_kind
 
-
-def _int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    return value
-
-
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    return float(value)
+# The merge group is the merge method only; what the search evolves is the space group's.
+MERGE_SECTION_KEYS = ("method", "params")
 
 
 def validate_config(c: dict) -> None:
     """Check a resolved run config (a plain dict) without loading anything heavy."""
-    for section in ("adapter", "merge", "optimizer", "task"):
+    for section in ("adapter", "merge", "space", "optimizer", "task"):
         if not isinstance(c.get(section), dict):
             raise ConfigError(f"the config has no '{section}' section; pick one with {section}=<name>")
 
+    check_merge_section(c["merge"])  # space keys still written under merge: name the new key
+    _validate_merge_keys(c["merge"])
+    get_method(c["merge"].get("method"))  # an unknown method name, whatever the space
     _validate_plugins(c)
-    merge = c["merge"]
-    _validate_merge_keys(merge)
-    if merge.get("method") in ("dfs", "ps_dfs"):
-        _validate_routing(c)
-    else:
-        _validate_parameter_space(c)
+    space_kind(c).validate(c)
     _validate_budget(c)
     _validate_final_eval(c)
     if not isinstance(c.get("resample_fitness", False), bool):
@@ -63,10 +49,10 @@ def check_models_available(c: dict) -> None:
     """Once the config and the task data are sound, and before any model loads: every model can be loaded (a folder holds its
     config, a hub id is cached or on a reachable hub), found in seconds, not after the hub
     client's retries."""
-    adapter, merge = c["adapter"], c["merge"]
+    adapter, kind = c["adapter"], space_kind(c)
     modality = getattr(plugins.load_class("adapter", plugins.reference(adapter, "adapter")), "modality", None)
     refs = [(ref, "model") for ref in adapter.get("models") or []]
-    refs += [(ref, "model") for ref in merge.get("route_models") or []]
+    refs += [(ref, "model") for ref in (kind.model_refs(c) if hasattr(kind, "model_refs") else [])]
     if adapter.get("base") is not None:
         refs.append((adapter["base"], "base model"))
     for ref, what in dict.fromkeys(refs):
@@ -74,10 +60,11 @@ def check_models_available(c: dict) -> None:
 
 
 def _validate_plugins(c: dict) -> None:
-    """Adapter, optimizer and task: each resolves to a class that takes every key its section sets,
-    and the task scores what the adapter produces."""
+    """Adapter, space, optimizer and task: each resolves to a class that takes every key its section
+    sets, and the task scores what the adapter produces."""
     adapter, opt, task = c["adapter"], c["optimizer"], c["task"]
     adapter_cls = plugins.check_options("adapter", plugins.reference(adapter, "adapter"), plugins.options(adapter))
+    plugins.check_options("space", plugins.reference(c["space"], "space"), plugins.options(c["space"]))
     plugins.check_options("optimizer", plugins.reference(opt, "optimizer"), plugins.options(opt, "generations"),
                           supplied=("dim", "seed"))
     task_cls = plugins.check_options("task", plugins.reference(task, "task"), plugins.options(task))
@@ -105,121 +92,17 @@ def check_modality(task_cls: type, adapter_cls: type, where: str) -> None:
         )
 
 
-def _validate_routing(c: dict) -> None:
-    adapter, merge = c["adapter"], c["merge"]
-    if getattr(plugins.load_class("adapter", plugins.reference(adapter, "adapter")), "modality", None) not in ("llm", "vlm"):
-        raise ConfigError(f"merge={merge['method']} routes through decoder stacks: use adapter=llm or adapter=vlm")
-    models = adapter.get("models")
-    if not isinstance(models, list) or not models or models == "???":
-        raise ConfigError("adapter.models must list the models to route through (model A first for dfs)")
-    for ref in models:
-        check_ref(ref)
-    if merge["method"] == "dfs" and len(models) < 2:
-        raise ConfigError("merge=dfs routes between models: adapter.models needs model A and at least one more")
-    if merge["method"] == "ps_dfs":
-        ps = merge.get("ps_recipe")
-        if ps == "???":
-            raise ConfigError("merge.ps_recipe is not set: give the best_recipe.yaml of a parameter-space run (model A)")
-        if ps is not None and not Path(ps).is_file():
-            raise ConfigError(f"merge.ps_recipe {ps} does not exist: give the best_recipe.yaml of a parameter-space run")
-        if ps is None:
-            fallback = merge.get("ps_fallback") or {}
-            spec = get_method(fallback.get("method"))
-            if spec.needs_base and adapter.get("base") is None:
-                raise ConfigError(f"merge.ps_fallback uses '{spec.name}', which needs adapter.base")
-    for ref in merge.get("route_models") or []:
-        check_ref(ref)
-    _int(merge.get("repeats"), "merge.repeats", 1)
-    w_range = merge.get("w_range")
-    if not (isinstance(w_range, list) and len(w_range) == 2):
-        raise ConfigError(f"merge.w_range must be [low, high], got {w_range!r}")
-    low, high = (_number(v, "merge.w_range") for v in w_range)
-    if not low <= 1.0 <= high:
-        raise ConfigError(f"merge.w_range must contain 1.0 (no scaling), got {w_range}")
-
-
-def _validate_parameter_space(c: dict) -> None:
-    adapter, merge = c["adapter"], c["merge"]
-    spec = get_method(merge.get("method"))
-
-    models = adapter.get("models")
-    if models in (None, "???") or not isinstance(models, list) or not models:
-        raise ConfigError("adapter.models must list the models to merge (hub ids or paths), e.g. adapter.models=[a/b,c/d]")
-    for ref in models:
-        check_ref(ref)
-    if adapter.get("base") is not None:
-        check_ref(adapter["base"], "base model")
-    if spec.needs_base and adapter.get("base") is None:
-        raise ConfigError(f"merge method '{spec.name}' computes task vectors and needs adapter.base (the common ancestor)")
-    if spec.exact_sources is not None and len(models) != spec.exact_sources:
-        raise ConfigError(
-            f"merge method '{spec.name}' takes exactly {spec.exact_sources} model(s) besides the base; "
-            f"adapter.models has {len(models)}"
-        )
-
-    if merge.get("granularity") not in GRANULARITIES:
-        raise ConfigError(f"unknown merge.granularity '{merge.get('granularity')}'; known: {', '.join(GRANULARITIES)}")
-    _int(merge.get("group_size", 1), "merge.group_size", 1)
-    known_params = set(spec.tensor_params) | set(spec.global_params)
-    evolve = merge.get("evolve") or []
-    for name in evolve:
-        if name not in known_params:
-            raise ConfigError(
-                f"merge.evolve names '{name}', which method '{spec.name}' does not take; "
-                f"its parameters: {', '.join(sorted(known_params))}"
-            )
-    bounds = merge.get("bounds") or {}
-    for name in evolve:
-        b = bounds.get(name)
-        if not (isinstance(b, list) and len(b) == 2):
-            raise ConfigError(f"merge.bounds.{name} must be [low, high], got {b!r}")
-        low, high = (_number(v, f"merge.bounds.{name}") for v in b)
-        if low > high:
-            raise ConfigError(f"merge.bounds.{name} must have low <= high, got {b}")
-        if name == "density" and not (0 < low and high <= 1):
-            raise ConfigError(f"density must lie in (0, 1]; merge.bounds.density is {b}")
-    _validate_fixed_params(merge, spec, evolve, len(models))
-
-
-def _validate_fixed_params(merge: dict, spec: Any, evolve: list, n_sources: int) -> None:
-    """merge.params: known names, every value in range (per-source and per-layer lists too), and
-    none that the search also evolves (the evolved value would silently override it)."""
-    params = merge.get("params") or {}
-    if not isinstance(params, dict):
-        raise ConfigError(f"merge.params must map parameter names to values, got {params!r}")
-    known_params = set(spec.tensor_params) | set(spec.global_params)
-    unknown = set(params) - known_params
-    if unknown:
-        raise ConfigError(
-            f"merge.params has {sorted(unknown)}, which method '{spec.name}' does not take; "
-            f"its parameters: {', '.join(sorted(known_params))}"
-        )
-    for key in params:
-        if key in evolve:
-            rest = [e for e in evolve if e != key]
-            raise ConfigError(
-                f"merge.params.{key} fixes a parameter that merge.evolve={list(evolve)} also evolves (the "
-                f"evolved value would override it): drop one, '~merge.params.{key}' or merge.evolve=[{','.join(rest)}]"
-            )
-    check_settings(spec, fixed_params(spec.name, params, n_sources), n_sources, "merge.params")
-
-
-MERGE_KEYS = {
-    "parameter space": ("method", "granularity", "group_size", "filters", "evolve", "bounds", "params"),
-    "dfs": ("method", "repeats", "w_range", "x0_margin"),
-    "ps_dfs": ("method", "ps_recipe", "ps_fallback", "route_models", "repeats", "w_range", "x0_margin"),
-}
-
-
 def _validate_merge_keys(merge: dict) -> None:
-    """A misspelt merge key (``+merge.granularty=layer``) would be ignored: refuse it, naming the
-    close match and the keys the section takes."""
-    known = MERGE_KEYS.get(merge.get("method"), MERGE_KEYS["parameter space"])
+    """A misspelt merge key (``+merge.params_=...``) would be ignored: refuse it, naming the close
+    match (a space key too: ``merge.granularty`` -> space.granularity) and the keys merge takes."""
     for key in merge:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean merge.{close[0]}?)" if close else ""
-            raise ConfigError(f"unknown key merge.{key}{hint}; merge={merge.get('method')} takes: {', '.join(known)}")
+        if key not in MERGE_SECTION_KEYS:
+            close = difflib.get_close_matches(str(key), MERGE_SECTION_KEYS, n=1)
+            moved = difflib.get_close_matches(str(key), list(MOVED_KEYS), n=1)
+            hint = (f" (did you mean merge.{close[0]}?)" if close
+                    else f" (did you mean space.{MOVED_KEYS[moved[0]]}?)" if moved else "")
+            raise ConfigError(f"unknown key merge.{key}{hint}; merge takes: {', '.join(MERGE_SECTION_KEYS)} "
+                              "(what the search evolves is the space group's: space.granularity, space.evolve, ...)")
 
 
 def _validate_budget(c: dict) -> None:

@@ -1,4 +1,5 @@
-"""Plugins: fitness tasks, modality adapters and optimizers are classes named in the config.
+"""Plugins: fitness tasks, modality adapters, optimizers and search-space kinds are classes named
+in the config.
 
 One style for every kind. A config section either names a built-in (``name: toy_skills``) or
 points at any class by its import path, Hydra's way (``_target_: my_pkg.my_task.MyTask``); its
@@ -13,6 +14,7 @@ a model made with a user's adapter.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from typing import Any
@@ -29,6 +31,11 @@ BUILTINS: dict[str, dict[str, str]] = {
         "cmaes": "evomm.search.optimizers.CMAES",
         "random": "evomm.search.optimizers.RandomSearch",
         "nsga2": "evomm.search.nsga2.NSGA2",
+    },
+    "space": {
+        "ps": "evomm.search.space_kinds.ParameterSpaceKind",
+        "dfs": "evomm.search.route_kinds.DFSKind",
+        "ps_dfs": "evomm.search.route_kinds.PSDFSKind",
     },
     "task": {
         "toy_arith": "evomm.tasks.toy_arith.ToyArithTask",
@@ -109,7 +116,9 @@ def check_options(kind: str, ref: str, given: dict[str, Any], supplied: tuple[st
     unknown = sorted(set(given) - set(named))
     if unknown and not takes_any:
         valid = [n for n in named if n not in supplied]
-        raise ConfigError(f"{kind} '{ref}' does not take {', '.join(unknown)}; its keys: {', '.join(valid)}")
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f"; did you mean {kind}.{close[0]}?" if close else ""
+        raise ConfigError(f"{kind} '{ref}' does not take {', '.join(unknown)}; its keys: {', '.join(valid)}{hint}")
     return cls
 
 

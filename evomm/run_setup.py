@@ -17,6 +17,7 @@ from evomm.search.checkpoint import SearchState
 from evomm.search.objectives import objective_names
 from evomm.search.route_space import RouteSpace
 from evomm.search.scoring import FitnessSettings
+from evomm.search.space_kinds import space_kind
 from evomm.tasks import build_task_from, validate_for_evaluation
 from evomm.tasks.base import Resampling
 
@@ -33,12 +34,19 @@ def resolve_run_dir(c: dict) -> Path:
 
 
 def search_fingerprint(c: dict) -> str:
-    """What must match for a checkpoint to be resumed: models, merge, optimizer, task, seed.
+    """What must match for a checkpoint to be resumed: models, merge, space, optimizer, task, seed.
 
-    The budget (generations, max_evals) is left out so a finished search can be extended.
+    The budget (generations, max_evals) is left out so a finished search can be extended. A
+    built-in space kind is hashed in the merge section's shape from before the space group
+    (``merge_view``), so that a checkpoint written then resumes.
     """
     keys = ("adapter", "merge", "optimizer", "task", "seed")
     relevant = {k: c.get(k) for k in keys}
+    kind = space_kind(c)
+    if hasattr(kind, "merge_view"):
+        relevant["merge"] = kind.merge_view(c)
+    else:  # a user's own space kind: its section as written
+        relevant["space"] = c.get("space")
     if c.get("resample_fitness"):  # only when on, so that older checkpoints still resume
         relevant["resample_fitness"] = True
     relevant["optimizer"] = {k: v for k, v in (c.get("optimizer") or {}).items() if k not in ("generations", "max_evals")}

@@ -90,10 +90,10 @@ def main() -> None:
         record(run([*common, f"run_dir={work / 'ps'}"]), rename={"evolved": "evolved PS (dare_ties)"})
         if args.no_dfs:
             continue
-        record(run([*common, "merge=dfs", f"run_dir={work / 'dfs'}", *only_evolved]),
+        record(run([*common, "space=dfs", f"run_dir={work / 'dfs'}", *only_evolved]),
                rename={"evolved": "evolved DFS"}, kinds=("evolved",))
-        record(run([*common, "merge=ps_dfs", f"merge.ps_recipe={work / 'ps' / 'best_recipe.yaml'}",
-                    "merge.route_models=[builtin:toy-compose-ja]", f"run_dir={work / 'ps_dfs'}",
+        record(run([*common, "space=ps_dfs", f"space.ps_recipe={work / 'ps' / 'best_recipe.yaml'}",
+                    "space.route_models=[builtin:toy-compose-ja]", f"run_dir={work / 'ps_dfs'}",
                     *only_evolved]), rename={"evolved": "evolved PS+DFS"}, kinds=("evolved",))
 
     text = (f"Held-out scores (`toy_ja_math`, {len(DEFAULT.target_items('heldout'))} items), mean ± std "

@@ -62,11 +62,11 @@ def main() -> None:
         work = Path(args.work) / f"seed{seed}"
         ps = run(["experiment=demo", f"seed={seed}", f"run_dir={work / 'ps'}", *budget])
         record(ps, rename={"evolved": "evolved PS (dare_ties)"})
-        dfs = run(["experiment=demo", "merge=dfs", f"seed={seed}", f"run_dir={work / 'dfs'}",
+        dfs = run(["experiment=demo", "space=dfs", f"seed={seed}", f"run_dir={work / 'dfs'}",
                    "final_eval.sources=false", "final_eval.baselines=null", *budget])
         record(dfs, rename={"evolved": "evolved DFS"}, kinds=("evolved",))
-        ps_dfs = run(["experiment=demo", "merge=ps_dfs", f"merge.ps_recipe={work / 'ps' / 'best_recipe.yaml'}",
-                      "merge.route_models=[builtin:toy-llm-ja]", f"seed={seed}", f"run_dir={work / 'ps_dfs'}",
+        ps_dfs = run(["experiment=demo", "space=ps_dfs", f"space.ps_recipe={work / 'ps' / 'best_recipe.yaml'}",
+                      "space.route_models=[builtin:toy-llm-ja]", f"seed={seed}", f"run_dir={work / 'ps_dfs'}",
                       "final_eval.sources=false", "final_eval.baselines=null", *budget])
         record(ps_dfs, rename={"evolved": "evolved PS+DFS"}, kinds=("evolved",))
 

@@ -83,7 +83,7 @@ def sdxl_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dfs_run(tmp_path_factory):
-    return _smoke_run(tmp_path_factory, "dfs", "experiment=smoke_llm", "merge=dfs", "final_eval.baselines=null")
+    return _smoke_run(tmp_path_factory, "dfs", "experiment=smoke_llm", "space=dfs", "final_eval.baselines=null")
 
 
 def without_seconds(history: list[dict]) -> list[dict]:

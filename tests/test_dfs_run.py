@@ -1,4 +1,4 @@
-"""DFS and PS+DFS through the real configs: `experiment=smoke_llm merge=dfs|ps_dfs`, in-process."""
+"""DFS and PS+DFS through the real configs: `experiment=smoke_llm space=dfs|ps_dfs`, in-process."""
 
 import filecmp
 
@@ -47,7 +47,7 @@ def test_evomm_merge_rebuilds_a_routed_model(dfs_run, tmp_path):
 
 
 def test_ps_dfs_routes_a_parameter_space_merge(tmp_path):
-    out = run(compose(["experiment=smoke_llm", "merge=ps_dfs", f"run_dir={tmp_path / 'run'}",
+    out = run(compose(["experiment=smoke_llm", "space=ps_dfs", f"run_dir={tmp_path / 'run'}",
                              "optimizer.generations=1", "final_eval.baselines=null"]))
     recipe = Recipe.load(out["run_dir"] / "best_recipe.yaml")
     assert recipe.method == "ties" and recipe.entries  # model A: the hand-set PS merge
@@ -59,12 +59,12 @@ def test_ps_dfs_needs_an_existing_ps_recipe(tmp_path):
     from evomm.errors import ConfigError
 
     with pytest.raises(ConfigError, match="ps_recipe"):
-        run(compose(["experiment=smoke_llm", "merge=ps_dfs", f"run_dir={tmp_path}",
-                           f"merge.ps_recipe={tmp_path}/missing.yaml"]))
+        run(compose(["experiment=smoke_llm", "space=ps_dfs", f"run_dir={tmp_path}",
+                           f"space.ps_recipe={tmp_path}/missing.yaml"]))
 
 
 def test_dfs_routes_a_vlms_language_model(tmp_path):
-    out = run(compose(["experiment=smoke_vlm", "merge=dfs", f"run_dir={tmp_path / 'run'}",
+    out = run(compose(["experiment=smoke_vlm", "space=dfs", f"run_dir={tmp_path / 'run'}",
                              "optimizer.generations=1", "final_eval.baselines=null"]))
     recipe = Recipe.load(out["run_dir"] / "best_recipe.yaml")
     assert recipe.adapter == "vlm" and recipe.route["models"]  # model A: the LLaVA; model B: the text LLM

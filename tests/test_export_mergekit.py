@@ -54,8 +54,8 @@ def runs(tmp_path_factory):
     """Two finished smoke searches whose recipes have one parameter set per unit."""
     root = tmp_path_factory.mktemp("export_runs")
     overrides = {
-        "layer_filter": ["merge.granularity=layer_filter"],
-        "layer": ["merge.granularity=layer", "merge.group_size=1"],
+        "layer_filter": ["space.granularity=layer_filter"],
+        "layer": ["space.granularity=layer", "space.group_size=1"],
     }
     out = {}
     for name, extra in overrides.items():

@@ -30,13 +30,16 @@ def no_model_load(monkeypatch):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["+merge.params.density=1.5"], r"merge.params.density fixes a parameter that merge.evolve=\['weight', 'density'\] also evolves"),
-        (["+merge.params.density=[1.5,1.5]", "merge.evolve=[weight]"], r"merge.params: .*'density' for source #0 = 1.5 is out of range"),
-        (["+merge.params.density=[[0.5,1.5],0.5]", "merge.evolve=[weight]"], r"'density' for source #0 = 1.5 is out of range"),
-        (["+merge.params.density=1.5", "merge.evolve=[weight]"], r"'density' for source #0 = 1.5 is out of range"),
+        (["+merge.params.density=1.5"], r"merge.params.density fixes a parameter that space.evolve=\['weight', 'density'\] also evolves"),
+        (["+merge.params.density=[1.5,1.5]", "space.evolve=[weight]"], r"merge.params: .*'density' for source #0 = 1.5 is out of range"),
+        (["+merge.params.density=[[0.5,1.5],0.5]", "space.evolve=[weight]"], r"'density' for source #0 = 1.5 is out of range"),
+        (["+merge.params.density=1.5", "space.evolve=[weight]"], r"'density' for source #0 = 1.5 is out of range"),
         (["+merge.params.lambda=nan"], r"'lambda' .*must be finite"),
-        (["+merge.granularty=layer"], r"unknown key merge.granularty \(did you mean merge.granularity\?\)"),
-        (["merge=dfs", "+merge.repeat=2"], r"unknown key merge.repeat \(did you mean merge.repeats\?\)"),
+        (["+merge.granularty=layer"], r"unknown key merge.granularty \(did you mean space.granularity\?\); merge takes: method, params"),
+        (["+merge.param={}"], r"unknown key merge.param \(did you mean merge.params\?\)"),
+        (["+space.granularty=layer"], r"space 'ps' does not take granularty; its keys: granularity, .*did you mean space.granularity\?"),
+        (["space=dfs", "+space.repeat=2"], r"space 'dfs' does not take repeat; its keys: repeats, w_range, x0_margin; did you mean space.repeats\?"),
+        (["space.evolve=[weight,lambda]"], r"space.evolve evolves 'lambda', which has no default range: set \+space.bounds.lambda=\[low,high\]"),
     ],
 )
 def test_merge_section_mistakes(tmp_path, no_model_load, overrides, message):

@@ -24,8 +24,9 @@ ROWS = [
 CONFIG = {
     "experiment_name": "evollm_test",
     "seed": 7,
-    "merge": {"method": "ties", "granularity": "layer", "group_size": 2, "evolve": ["weight", "density"],
-              "bounds": {"weight": [0, 1], "density": [0.1, 1]}},
+    "merge": {"method": "ties", "params": {"normalize": True}},
+    "space": {"name": "ps", "granularity": "layer", "group_size": 2, "evolve": None,
+              "bounds": {"weight": [0, 1.5], "t": [0.0, 1.0]}},
     "optimizer": {"name": "cmaes", "popsize": 6, "generations": 3, "sigma0": 0.1667, "x0": 0.5},
     "task": {"name": "toy_arith", "fitness_samples": 28, "heldout_samples": 1000},
 }
@@ -90,6 +91,8 @@ def test_card_holds_sources_method_search_recipe_results_and_rebuild(run_dir, tm
         assert f"| {role} | `{ref}` | apache-2.0 ({where}) |" in text
     assert "- merge method: `ties`" in text and "`normalize=True`" in text
     assert "- granularity: `layer`, 2 layer(s) per unit" in text
+    # evolve: null is the method's own parameters; a range not given is the name's default
+    assert "- evolved per unit: weight, density (bounds {'weight': [0, 1.5], 'density': [0.1, 1.0]})" in text
     assert "- optimizer: `cmaes`" in text
     assert "- generations: 3, population size: 6" in text  # read from history.jsonl
     assert "- evaluations: 18 (1 failed)" in text
@@ -98,6 +101,15 @@ def test_card_holds_sources_method_search_recipe_results_and_rebuild(run_dir, tm
     assert results_markdown(ROWS).strip() in text
     assert "evomm merge best_recipe.yaml OUT_DIR" in text
     assert "evomm export-mergekit" in text
+
+
+def test_card_of_a_run_written_before_the_space_group_reads_its_merge_section(run_dir, tmp_path):
+    old = {**CONFIG, "merge": {"method": "ties", "granularity": "layer_filter", "group_size": 4, "filters": ["mlp"],
+                               "evolve": ["weight"], "bounds": {"weight": [0.0, 1.0]}, "params": {}}}
+    del old["space"]
+    text = write_model_card(run_dir, recipe_of([local_model(tmp_path / "a"), local_model(tmp_path / "b")]), [], old).read_text()
+    assert "- granularity: `layer_filter`, 4 layer(s) per unit, filters ['mlp']" in text
+    assert "- evolved per unit: weight (bounds {'weight': [0.0, 1.0]})" in text
 
 
 def test_card_for_hub_sources_lists_base_models_and_known_licences(run_dir, tmp_path, monkeypatch):

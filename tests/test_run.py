@@ -74,9 +74,9 @@ def test_resume_refuses_a_different_config(tmp_path):
         ("optimizer.name=adam", UnknownNameError, "built-in optimizers: cmaes, nsga2, random"),
         ("optimizer.popsize=1", ConfigError, "optimizer.popsize must be >= 2"),
         ("optimizer.generations=-1", ConfigError, "optimizer.generations must be >= 0"),
-        ("merge.bounds.density=[0.0,1.0]", ConfigError, "density must lie in"),
+        ("space.bounds.density=[0.0,1.0]", ConfigError, "density must lie in"),
         ("final_eval.baselines.ties.density=1.5", ConfigError, "density must lie in"),
-        ("merge.evolve=[weight,gamma]", ConfigError, "does not take"),
+        ("space.evolve=[weight,gamma]", ConfigError, "does not take"),
     ],
 )
 def test_bad_config_fails_before_any_model_loads(tmp_path, override, error, message):

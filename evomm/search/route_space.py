@@ -29,9 +29,9 @@ class RouteSpace:
 
     def __post_init__(self) -> None:
         if not isinstance(self.repeats, int) or self.repeats < 1:
-            raise ConfigError(f"merge.repeats (r) must be an integer >= 1, got {self.repeats!r}")
+            raise ConfigError(f"space.repeats (r) must be an integer >= 1, got {self.repeats!r}")
         if not 0 < self.x0_margin <= 0.5:
-            raise ConfigError(f"merge.x0_margin must lie in (0, 0.5], got {self.x0_margin}")
+            raise ConfigError(f"space.x0_margin must lie in (0, 0.5], got {self.x0_margin}")
         self.dim = route_dim(self.layer_counts, self.repeats, len(self.layer_counts))
         self.units = []  # no parameter-space units: the route is the whole genome
 

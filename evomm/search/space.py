@@ -65,14 +65,14 @@ class SearchSpace:
         self.per_source = per_source_params(self.template.method)
         for name in self.evolve:
             if name not in self.bounds:
-                raise ConfigError(f"no bounds for evolved parameter '{name}'; set merge.bounds.{name}: [low, high]")
+                raise ConfigError(f"no bounds for evolved parameter '{name}'; set space.bounds.{name}: [low, high]")
             low, high = self.bounds[name]
             if not (np.isfinite(low) and np.isfinite(high) and low <= high):
-                raise ConfigError(f"merge.bounds.{name} must be [low, high] with low <= high, got {[low, high]}")
+                raise ConfigError(f"space.bounds.{name} must be [low, high] with low <= high, got {[low, high]}")
             if name == "density" and not (0 < low <= high <= 1):
-                raise ConfigError(f"merge.bounds.density must lie in (0, 1], got {[low, high]}")
+                raise ConfigError(f"space.bounds.density must lie in (0, 1], got {[low, high]}")
             if name == "t" and not (0 <= low <= high <= 1):
-                raise ConfigError(f"merge.bounds.t must lie in [0, 1], got {[low, high]}")
+                raise ConfigError(f"space.bounds.t must lie in [0, 1], got {[low, high]}")
         self.genes = []
         for u in range(len(self.units)):
             for name in self.evolve:
@@ -139,11 +139,11 @@ def build_units(
 ) -> list[Unit]:
     """Cut the adapter's groups into the units a granularity asks for."""
     if granularity not in GRANULARITIES:
-        raise ConfigError(f"unknown merge.granularity '{granularity}'; known: {', '.join(GRANULARITIES)}")
+        raise ConfigError(f"unknown space.granularity '{granularity}'; known: {', '.join(GRANULARITIES)}")
     if granularity == "model":
         return [Unit("all", None)]
     if not isinstance(group_size, int) or group_size < 1:
-        raise ConfigError(f"merge.group_size must be an integer >= 1, got {group_size!r}")
+        raise ConfigError(f"space.group_size must be an integer >= 1, got {group_size!r}")
     unknown = [g for g in layer_groups if g not in groups]
     if unknown:
         raise ValueError(f"layer groups {unknown} are not among the adapter's groups")
@@ -156,7 +156,7 @@ def build_units(
             units.append(Unit(name, chunk))
         else:
             if not filters:
-                raise ConfigError("merge.filters must name at least one filter for granularity layer_filter")
+                raise ConfigError("space.filters must name at least one filter for granularity layer_filter")
             for flt in filters:
                 units.append(Unit(f"{name}/{flt}", chunk, flt))
             units.append(Unit(f"{name}/other", chunk, None))  # first match wins: the rest

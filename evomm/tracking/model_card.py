@@ -21,6 +21,7 @@ import yaml
 
 from evomm import builtin
 from evomm.recipe.recipe import Recipe
+from evomm.search.space_defaults import DEFAULT_BOUNDS, evolved_params
 from evomm.tracking.spending import spending_lines
 from evomm.tracking.results import results_markdown
 
@@ -157,7 +158,7 @@ def card_text(run_dir: Path, recipe: Recipe, rows: list[dict], config: dict) -> 
     fit_split, held_split = task_splits(task_ref)
     lines = _front_matter(recipe, refs, licenses)
     lines += _sources(recipe, refs, licenses, config.get("experiment_name") or run_dir.name)
-    lines += _method(recipe, config.get("merge") or {})
+    lines += _method(recipe, space_settings(config))
     lines += _config_differences(recipe)
     lines += _search(run_dir, config, task_ref, fit_split, held_split)
     lines += _recipe_results_rebuild(recipe, rows, held_split)
@@ -205,19 +206,34 @@ def _sources(recipe: Recipe, refs: list, licenses: dict, title: str) -> list[str
     return lines
 
 
-def _method(recipe: Recipe, merge_cfg: dict) -> list[str]:
+def space_settings(config: dict) -> dict:
+    """What the search evolved: the space section with evolve and bounds resolved (the merge
+    section for a run written before the space group)."""
+    space = config.get("space")
+    if not isinstance(space, dict):
+        return config.get("merge") or {}
+    if not space.get("granularity"):
+        return space  # a routed space: no parameter-space settings
+    method = (config.get("merge") or {}).get("method")
+    evolve = evolved_params(method, space.get("evolve")) if method else list(space.get("evolve") or [])
+    given = space.get("bounds") or {}
+    bounds = {p: given.get(p) or list(DEFAULT_BOUNDS.get(p, ())) for p in evolve}
+    return {**space, "evolve": evolve, "bounds": bounds}
+
+
+def _method(recipe: Recipe, space: dict) -> list[str]:
     lines = ["## Method", "", f"- merge method: `{recipe.method}`"]
     if recipe.method_params:
         lines.append("- method-wide parameters: " + ", ".join(f"`{k}={v}`" for k, v in recipe.method_params.items()))
-    if merge_cfg.get("granularity"):
-        granularity = f"`{merge_cfg['granularity']}`"
-        if merge_cfg["granularity"] != "model":
-            granularity += f", {merge_cfg.get('group_size', 1)} layer(s) per unit"
-        if merge_cfg["granularity"] == "layer_filter":
-            granularity += f", filters {merge_cfg.get('filters')}"
+    if space.get("granularity"):
+        granularity = f"`{space['granularity']}`"
+        if space["granularity"] != "model":
+            granularity += f", {space.get('group_size', 1)} layer(s) per unit"
+        if space["granularity"] == "layer_filter":
+            granularity += f", filters {space.get('filters')}"
         lines.append(f"- granularity: {granularity}")
-    if merge_cfg.get("evolve"):
-        lines.append(f"- evolved per unit: {', '.join(merge_cfg['evolve'])} (bounds {merge_cfg.get('bounds')})")
+    if space.get("evolve"):
+        lines.append(f"- evolved per unit: {', '.join(space['evolve'])} (bounds {space.get('bounds')})")
     lines.append(f"- parameter sets in the recipe: {len(recipe.entries)}")
     if recipe.route is not None:
         steps = recipe.route.get("steps") or []
