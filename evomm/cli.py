@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="rebuild best_recipe.yaml, or run a mergekit YAML, into OUT_DIR")
     p.add_argument("config", help="an evomm recipe (best_recipe.yaml) or a mergekit YAML")
     p.add_argument("out_dir", help="where to write the merged model")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's, else auto)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's, else auto; a streamed "
+                   "TIES/DARE/task-arithmetic merge runs on the CPU with numba unless a GPU is named)")
     p.add_argument("--max-shard-size", default=None,
                    help="largest weight file of a streamed merge, e.g. 5GB (default), 500MB")
     p.set_defaults(func=cmd_merge)
