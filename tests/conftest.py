@@ -104,3 +104,12 @@ def torchrun_train(tmp_path, overrides: list[str], timeout: int = 300):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """A model load in a config-error test is a bug: the error must come first."""
+    def refuse(c):
+        raise AssertionError("models were loaded before the error")
+
+    monkeypatch.setattr("evomm.runner.build_search", refuse)

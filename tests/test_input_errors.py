@@ -18,15 +18,6 @@ def run_smoke(tmp_path, *overrides):
     return run(compose(["experiment=smoke_llm", f"run_dir={tmp_path / 'run'}", *overrides]))
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """A model load in these tests is a bug: the error must come first."""
-    def refuse(c):
-        raise AssertionError("models were loaded before the error")
-
-    monkeypatch.setattr("evomm.runner.build_search", refuse)
-
-
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -29,14 +29,6 @@ def resolved(overrides: list[str]) -> dict:
     return OmegaConf.to_container(compose(overrides), resolve=True)
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    def refuse(c):
-        raise AssertionError("models were loaded before the error")
-
-    monkeypatch.setattr("evomm.runner.build_search", refuse)
-
-
 # ---- old overrides -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
