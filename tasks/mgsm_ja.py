@@ -1,6 +1,9 @@
 """mgsm_ja: Japanese grade-school math, answered in Japanese (EvoLLM-JP's fitness and benchmark).
 
-The model gets a Japanese zero-shot prompt holding the question and writes a solution (greedy).
+The model gets the paper's code's zero-shot prompt holding the question (``ja-alpaca-cot`` in
+SakanaAI/evolutionary-model-merge: a Japanese Alpaca-style instruction asking for a step-by-step
+answer in Japanese) and writes a solution greedily, at most 1,024 new tokens, cut where it writes
+one of that code's stop strings (``Instruction:``, ``Instruction``, ``Response:``, ``Response``).
 A response counts when the number read from it equals the answer AND the response is Japanese
 by fastText lid.176 (P(ja) > 0.5), the paper's rule against models that solve the problem in
 English. ``reader`` picks how the number is read: ``paper`` (default: the last ``\\d*\\.?\\d+``, as
@@ -33,10 +36,14 @@ from evomm.stops import cut_at_stop
 from evomm.text.mgsm import READERS, Judgement, judge, read_number_strict
 from evomm.tasks.base import Resampling, pick
 
+# The paper's evaluation prompt (its "ja-alpaca-cot" template), with {question} for its {input};
+# the tokenizer adds the BOS token, as the paper's vLLM runs did.
 DEFAULT_TEMPLATE = (
-    "以下は算数の文章題です。日本語で一歩ずつ考えて解き、最後に答えの数値を書いてください。\n\n"
-    "### 問題:\n{question}\n\n### 解答:\n"
+    "以下に、あるタスクを説明する指示があります。リクエストを適切に完了するための回答を日本語で記述してください。"
+    "一歩一歩考えましょう。\n\n### 指示:\n{question}\n\n### 応答:"
 )
+# The paper's code stops generation at these (vLLM: the text is cut before the first one).
+DEFAULT_STOPS = ("Instruction:", "Instruction", "Response:", "Response")
 
 
 def question_key(question: str) -> str:
@@ -140,7 +147,7 @@ class MGSMJaTask(Resampling):
         max_new_tokens: int = 1024,
         num_beams: int = 1,
         prompt_template: str | None = None,
-        stop_strings: Sequence[str] | None = ("###",),
+        stop_strings: Sequence[str] | None = DEFAULT_STOPS,
         reader: str = "paper",
         fast_generation: bool = True,
     ):

@@ -51,6 +51,26 @@ def test_truncate_at_stop():
     assert truncate_at_stop("答えは 4 です。", ["###"]) == "答えは 4 です。"
 
 
+def test_default_prompt_and_stops_are_the_papers(data):
+    """The paper's code (evomerge.models.CausalLMWithvLLM) formats its "ja-alpaca-cot" template
+    with the question and cuts generations at four English stop strings."""
+    fitness, heldout = data
+    task = MGSMJaTask(fitness_dataset=fitness, heldout_dataset=heldout)
+    reference = ("以下に、あるタスクを説明する指示があります。リクエストを適切に完了するための回答を日本語で記述してください。"
+                 "一歩一歩考えましょう。\n\n### 指示:\n{input}\n\n### 応答:")
+    question = FITNESS[0]["question"]
+    assert task.prompt(question) == reference.format(input=question)
+    assert task.stop_strings == ["Instruction:", "Instruction", "Response:", "Response"]
+    written = "3 - 2 = 1 なので、答えは 1 です。\n\n### Instruction:\n次の問題"
+    assert truncate_at_stop(written, task.stop_strings) == "3 - 2 = 1 なので、答えは 1 です。\n\n### "
+    from pathlib import Path
+
+    import yaml
+
+    conf = yaml.safe_load((Path(__file__).parents[1] / "conf" / "task" / "mgsm_ja.yaml").read_text())
+    assert conf["stop_strings"] == task.stop_strings and conf["prompt_template"] is None  # the config says the same
+
+
 RECORDS = [{"question": "q1", "answer": 1.0}, {"question": "q2", "answer": 7.0},
            {"question": "q3", "answer": 4.0}, {"question": "q4", "answer": 1000.0},
            {"question": "q5", "answer": -3.0}]
