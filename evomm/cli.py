@@ -49,11 +49,27 @@ def merge_to_dir(recipe, out_dir: Path, device: str | None = None, max_shard_siz
         pass  # hub ids, other adapters, names that need the loader's conversion: the adapter path
     from evomm.adapters import adapter_for_recipe  # torch and transformers: only now
     from evomm.adapters.apply import apply_recipe
+
+    _check_refs(recipe)
     overrides = {"require_tokenizer": recipe.adapter_options.get("require_tokenizer", False)} if recipe.adapter == "llm" else {}
     adapter = adapter_for_recipe(recipe, device=device, **overrides)
     apply_recipe(adapter, recipe)
     adapter.save_merged(Path(out_dir))
     return Path(out_dir)
+
+
+def _check_refs(recipe) -> None:
+    """Every model the adapter will load can be found (a local folder with its config, a cached
+    or reachable hub id), said in seconds rather than after the hub client's retries."""
+    from evomm import plugins
+    from evomm.adapters.availability import check_available
+
+    modality = getattr(plugins.load_class("adapter", recipe.adapter), "modality", None)
+    refs = [(ref, "model") for ref in [*recipe.models, *((recipe.route or {}).get("models") or [])]]
+    if recipe.base:
+        refs.append((recipe.base, "base model"))
+    for ref, what in dict.fromkeys(refs):
+        check_available(ref, what, modality, recipe.adapter_options.get("single_file_config"))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

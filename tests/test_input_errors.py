@@ -262,3 +262,27 @@ def test_push_says_sdxl_weights_go_twice_and_can_leave_the_single_file(sdxl_run,
     assert cli_main(["push", str(run_dir), "me/sdxl", "--dry-run", "--no-single-file"]) == 0
     out = capsys.readouterr().out
     assert "merged.safetensors" not in out and "unet/" in out
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_evomm_merge_of_an_unknown_hub_id_fails_at_once(tmp_path, monkeypatch, capsys, offline):
+    """A recipe naming a hub id that cannot be fetched: one line from the availability check,
+    without the hub client's retries (offline: no request; online: one probe) and no model load."""
+    from evomm.adapters import llm
+    from evomm.cli import main as cli_main
+    from evomm.recipe.recipe import Entry, Recipe
+
+    asked = []
+    monkeypatch.setattr(availability, "probe_hub", lambda ref, *a, **k: asked.append(ref) or "missing")
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(llm.LLMAdapter, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
+    recipe = Recipe(adapter="llm", method="ties", models=["builtin:tiny-llm-a", "nobody/not-downloaded"],
+                    base="builtin:tiny-llm-base", entries=[Entry(params={"weight": [0.5, 0.5]})])
+    path = recipe.save(tmp_path / "recipe.yaml")
+    assert cli_main(["merge", str(path), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'nobody/not-downloaded'" in err[0] and err[0].startswith("evomm: error:")
+    assert asked == ([] if offline else ["nobody/not-downloaded"])
