@@ -7,7 +7,6 @@ check raises ConfigError with a message that names the key and says what to chan
 from __future__ import annotations
 
 import difflib
-from typing import Any
 
 from evomm import plugins
 from evomm.adapters.availability import check_available
