@@ -50,3 +50,20 @@ def test_one_shot_trims_equal_the_engines(layout, tie_order, small, monkeypatch)
             assert np.array_equal(kept, theirs), (density, i)
             # exactly k, unless the k-th largest is 0 (kept or not, a zero task-vector entry is 0)
             assert kept.sum() == k or float(magnitude_threshold(magnitudes, k)) == 0.0
+
+
+@pytest.mark.parametrize("layout", ["gaussian", "levels", "bf16"])
+@pytest.mark.parametrize("tie_order", ["index", "mergekit"])
+def test_merge_arrays_equals_the_reference(layout, tie_order):
+    """The whole one-shot TIES merge on arrays (ties listed by the kernel's pass in index order,
+    replayed for mergekit's) gives the reference method's float32 bits."""
+    from evomm.merging.methods import get_method
+
+    base, sources = tensors(layout, seed=1)
+    spec = get_method("ties")
+    for density in ([0.3, 0.8], [0.05, 1.0], [0.999, 0.5]):
+        params = {"weight": [0.7, 0.4], "density": density, "tie_order": tie_order}
+        expected = spec.merge(base, sources, params)
+        ours = stream_arrays.merge_arrays("ties", spec.resolved(params, 2), None, base.numpy(),
+                                          [s.numpy() for s in sources])
+        assert np.array_equal(ours.view(np.uint32), expected.numpy().view(np.uint32)), density

@@ -14,10 +14,12 @@ merge of a slot, and only where entries tie at it is |tau| materialised to choos
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
+import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from evomm.merging import kernels
 from evomm.merging.mix import Mix, Trims, recompute_at, sorted_union
 from evomm.merging.safetensors_io import from_float32, to_float32
 from evomm.merging.ties_select import sample_geometry, select_thresholds
@@ -49,24 +51,51 @@ def merge_arrays(method: str, p: dict, seed: int | None, base: np.ndarray, sourc
     m, n = len(sources), base.size
     density = p.get("density", [1.0] * m)
     mix = Mix.of(method, p, density, seed)
-    threshold = np.zeros(m, np.float32)
+    trims = Trims(np.zeros(m, np.float32))
     ties: dict[int, np.ndarray] = {}
+    collect: dict[int, Tied] = {}
     if method == "ties":
         ks = {i: top_k(d, n) for i, d in enumerate(density) if d < 1.0}
-        for i, trim in one_shot_trims(base, sources, ks, p["tie_order"]).items():
-            threshold[i] = trim.threshold
+        for i, trim in one_shot_trims(base, sources, ks, p["tie_order"], collect_ties=True).items():
+            if isinstance(trim, Tied):  # the kernel's pass lists the tied entries, in index order
+                collect[i] = trim
+                trims.threshold[i] = next_up(trim.value)
+                trims.window[i] = (trim.value, next_up(trim.value))
+                continue
+            trims.threshold[i] = trim.threshold
             if trim.ties is not None and trim.ties.size:
                 ties[i] = trim.ties
+    if collect:
+        room = max(t.equal for t in collect.values()) + kernels.BLOCK  # the kernel may write a BLOCK beyond
+        trims.found_idx, trims.found_val = np.empty((m, room), np.int64), np.empty((m, room), np.float32)
     out = np.empty(n, np.float32)
-    mix.run(base, tuple(sources), out, 0, Trims(threshold))
+    mix.run(base, tuple(sources), out, 0, trims)
+    for i, tied in collect.items():
+        if trims.found_n[i] != tied.equal:  # counted by the same arithmetic: a bug, not input
+            raise RuntimeError(f"TIES tie count changed ({trims.found_n[i]} != {tied.equal})")
+        ties[i] = trims.found_idx[i, :tied.k - tied.greater].copy()
     where = sorted_union(list(ties.values()))
     if where.size:  # the kernel dropped the kept ties (below its threshold): merge them again
-        out[where] = recompute_at(mix, base[where], [s[where] for s in sources], where, threshold, ties)
+        out[where] = recompute_at(mix, base[where], [s[where] for s in sources], where, trims.threshold, ties)
     return out
 
 
-def one_shot_trims(base: np.ndarray, sources: list[np.ndarray], ks: dict[int, int], tie_order: str) -> dict[int, Trim]:
-    """Source i's exact trim keeping ks[i] entries, for the sources in ``ks``."""
+@dataclass(frozen=True)
+class Tied:
+    """The k-th largest |tau| is ``value``, with ``greater`` entries above it and ``equal`` at it
+    (greater < k < greater + equal): the first k - greater of those at it are kept."""
+
+    k: int
+    greater: int
+    equal: int
+    value: float
+
+
+def one_shot_trims(base: np.ndarray, sources: list[np.ndarray], ks: dict[int, int], tie_order: str,
+                   collect_ties: bool = False) -> dict[int, Trim | Tied]:
+    """Source i's exact trim keeping ks[i] entries, for the sources in ``ks``. With
+    ``collect_ties``, a source whose ties are kept in index order is answered by a :class:`Tied`
+    (the merge kernel lists them in its pass) instead of a pass of its own."""
     n = base.size
     found: dict[int, tuple[float, int, int] | None] = dict.fromkeys(ks)
     if n > SMALL_TENSOR and ks:
@@ -76,7 +105,7 @@ def one_shot_trims(base: np.ndarray, sources: list[np.ndarray], ks: dict[int, in
         samples = [np.abs(as_strided(sources[i], (runs, run), strides) - sample).reshape(-1) for i in ks]
         chosen = tuple(sources[i] for i in ks)
         found = dict(zip(ks, select_thresholds(n, list(ks.values()), samples, lambda: [(base, chosen)])))
-    trims = {}
+    trims: dict[int, Trim | Tied] = {}
     for i, k in ks.items():
         if found[i] is not None:
             value, greater, equal = found[i]
@@ -85,6 +114,9 @@ def one_shot_trims(base: np.ndarray, sources: list[np.ndarray], ks: dict[int, in
                 continue
             if greater + equal <= k:
                 trims[i] = Trim(value)  # no tie to choose among
+                continue
+            if tie_order == "index" and collect_ties:
+                trims[i] = Tied(k, greater, equal, value)
                 continue
         magnitudes = np.abs(sources[i] - base)  # as the kernel computes |tau|
         if found[i] is not None and tie_order == "index":  # the first k - greater ties by position
