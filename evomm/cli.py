@@ -62,14 +62,13 @@ def _check_refs(recipe) -> None:
     """Every model the adapter will load can be found (a local folder with its config, a cached
     or reachable hub id), said in seconds rather than after the hub client's retries."""
     from evomm import plugins
-    from evomm.adapters.availability import check_available
+    from evomm.adapters.availability import check_all_available
 
     modality = getattr(plugins.load_class("adapter", recipe.adapter), "modality", None)
     refs = [(ref, "model") for ref in [*recipe.models, *((recipe.route or {}).get("models") or [])]]
     if recipe.base:
         refs.append((recipe.base, "base model"))
-    for ref, what in dict.fromkeys(refs):
-        check_available(ref, what, modality, recipe.adapter_options.get("single_file_config"))
+    check_all_available(refs, modality, recipe.adapter_options.get("single_file_config"))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 
 from evomm import plugins
-from evomm.adapters.availability import check_available
+from evomm.adapters.availability import check_all_available
 from evomm.config_moves import MOVED_KEYS, check_merge_section
 from evomm.config_values import require_int as _int
 from evomm.config_values import require_number as _number
@@ -54,8 +54,7 @@ def check_models_available(c: dict) -> None:
     refs += [(ref, "model") for ref in (kind.model_refs(c) if hasattr(kind, "model_refs") else [])]
     if adapter.get("base") is not None:
         refs.append((adapter["base"], "base model"))
-    for ref, what in dict.fromkeys(refs):
-        check_available(ref, what, modality, adapter.get("single_file_config"))
+    check_all_available(refs, modality, adapter.get("single_file_config"))
 
 
 def _validate_plugins(c: dict) -> None:

@@ -116,6 +116,13 @@ def check_available(ref: str, what: str = "model", modality: str | None = None,
         check_hub_id(ref, what)
 
 
+def check_all_available(refs: list[tuple[str, str]], modality: str | None = None,
+                        single_file_config: str | None = None) -> None:
+    """``check_available`` for each (reference, what it is), each distinct pair once."""
+    for ref, what in dict.fromkeys(refs):
+        check_available(ref, what, modality, single_file_config)
+
+
 def _check_single_file_configs(ref: str) -> None:
     """diffusers reads a single file's component configs from the hub unless told where they are."""
     problem = hub_problem(SDXL_CONFIG_REPO)

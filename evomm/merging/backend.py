@@ -18,6 +18,15 @@ from evomm.errors import ConfigError
 ENV = "EVOMM_KERNELS"
 CHOICES = ("auto", "numba", "torch")
 
+# The task-arithmetic family: the methods the fused CPU kernel computes (and torch_path's copy of
+# its arithmetic). TIES with ``rescale`` is not among them (the reference computes it).
+FUSED = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+
+
+def fused_method(method: str, params: dict) -> bool:
+    """Whether the fused kernel computes ``method`` with these (defaulted) parameters."""
+    return method in FUSED and not (method == "ties" and params.get("rescale"))
+
 
 @functools.cache
 def numba_available() -> bool:

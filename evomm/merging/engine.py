@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from evomm.errors import ConfigError, IncompatibleModelsError
-from evomm.merging.backend import fast_kernels
+from evomm.merging.backend import FUSED, fast_kernels, fused_method
 from evomm.merging.method_spec import MethodSpec
 from evomm.merging.methods import get_method
 from evomm.merging.random_stream import tensor_seed
@@ -53,8 +53,7 @@ from evomm.merging.workspace import CPU_CHUNK, Workspace
 
 __all__ = ["CPU_CHUNK", "FUSED", "STREAMED", "materialize", "tensor_seed", "write_source"]
 
-# Methods the fused CPU kernel computes; methods the torch kernel computes (GPU: all of these).
-FUSED = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+# Methods the torch kernel computes (GPU: all of these); FUSED (backend.py): the fused CPU kernel's.
 STREAMED = ("linear", "slerp", *FUSED)
 
 
@@ -98,7 +97,7 @@ def materialize(slots: Iterable[TensorSlot], recipe: Recipe, *, chunk: int | Non
 
 def _run(spec: MethodSpec, job: tuple, work: Workspace) -> None:
     slot, params, p, seed = job
-    if spec.name not in STREAMED or (spec.name == "ties" and p["rescale"]):
+    if spec.name not in STREAMED or (spec.name in FUSED and not fused_method(spec.name, p)):
         slot.target.copy_(spec.merge(slot.base, slot.sources, params, seed=seed))
     elif spec.name in FUSED and slot.target.device.type == "cpu" and work.chunk != 0 and work.fast:
         from evomm.merging.fused import fused_slot  # numba: imported only when it is used

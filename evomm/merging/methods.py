@@ -99,10 +99,7 @@ def _register(name: str, fn: Callable | str, **spec: Any) -> None:
 
 def _builtin(name: str, **spec: Any) -> None:
     """A built-in method: its tensor function ``name`` in ``evomm.merging.method_functions``."""
-    spec.setdefault("random", False)
-    spec.setdefault("exact_sources", None)
-    spec.setdefault("min_sources", 1)
-    spec.setdefault("cross_check", None)
+    spec.setdefault("random", False)  # MethodSpec's one field without a default
     _register(name, f"evomm.merging.method_functions.{name}", **spec)
 
 

@@ -14,6 +14,8 @@ merge of a slot, and only where entries tie at it is |tau| materialised to choos
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,20 +23,40 @@ from numpy.lib.stride_tricks import as_strided
 
 from evomm.merging import kernels
 from evomm.merging.mix import Mix, Trims, recompute_at, sorted_union
-from evomm.merging.safetensors_io import from_float32, to_float32
+from evomm.merging.methods import get_method
+from evomm.merging.random_stream import tensor_seed
+from evomm.merging.safetensors_io import FLOATING, ArrayReader, from_float32, to_float32
 from evomm.merging.ties_select import sample_geometry, select_thresholds
 from evomm.merging.topk import Trim, array_trim, next_up, top_k
+from evomm.recipe.recipe import Recipe
 
 # Smaller tensors take their trims from |tau| directly (as the engine's SMALL_TENSOR).
 SMALL_TENSOR = 1 << 16
 
-# The methods computed here (with the engine's defaults filled in, TIES without ``rescale``).
-ARRAY_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
 
+class ArrayMerge:
+    """name, storage dtype -> the output tensor's bytes, merged on numpy arrays (no torch).
 
-def handles(method: str, params: dict) -> bool:
-    """Whether a tensor with these (defaulted) parameters is merged here."""
-    return method in ARRAY_METHODS and not (method == "ties" and params.get("rescale"))
+    ``params``: every merged tensor's parameters, defaults filled in (``MethodSpec.resolved``);
+    the other tensors (persistent buffers) are the first source's.
+    """
+
+    def __init__(self, recipe: Recipe, params: dict[str, dict], readers: list[ArrayReader], dtype: str,
+                 n_sources: int):
+        self.recipe, self.params, self.readers, self.dtype = recipe, params, readers, dtype
+        self.random, self.n_sources = get_method(recipe.method).random, n_sources
+        self.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.session = nullcontext
+
+    def __call__(self, name: str, out_dtype: str) -> np.ndarray:
+        first = self.readers[0]
+        if name not in self.params:  # a persistent buffer: source 0's
+            stored = first.dtype(name)
+            return from_float32(to_float32(first.raw(name), stored), out_dtype) if stored in FLOATING else first.raw(name)
+        seed = tensor_seed(self.recipe.seed, name) if self.random else None
+        arrays = [as_compute(r.raw(name), r.dtype(name), self.dtype) for r in self.readers]
+        merged = merge_arrays(self.recipe.method, self.params[name], seed, arrays[self.n_sources], arrays[:self.n_sources])
+        return from_float32(merged, out_dtype)
 
 
 def as_compute(values: np.ndarray, stored: str, dtype: str) -> np.ndarray:

@@ -32,22 +32,19 @@ import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from evomm.adapters.llm_names import check_sizes, group_t, llm_group
 from evomm.adapters.loading import check_dtype, compare_shapes, resolve_ref
 from evomm.errors import ConfigError
-from evomm.merging.backend import fast_kernels
+from evomm.merging.backend import fast_kernels, fused_method
 from evomm.merging.methods import get_method
-from evomm.merging.random_stream import tensor_seed
 from evomm.merging.safetensors_io import (
-    DTYPE_NAMES, FLOATING, INDEX_FILE, SINGLE_FILE, ArrayReader, ShardWriter, checkpoint_files, from_float32,
-    itemsize, numel, parse_size, shards, to_float32,
+    DTYPE_NAMES, FLOATING, INDEX_FILE, SINGLE_FILE, ArrayReader, ShardWriter, checkpoint_files, itemsize, numel,
+    parse_size, shards,
 )
 from evomm.recipe.recipe import Recipe
 
@@ -219,7 +216,9 @@ def stream_merge(
     out_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         if _on_arrays(recipe, params, readers, layout, device):
-            merge = ArrayMerge(recipe, layout, readers, dtype, n_sources=len(models))
+            from evomm.merging.stream_arrays import ArrayMerge  # numba
+
+            merge = ArrayMerge(recipe, params, readers, dtype, n_sources=len(models))
         else:
             from evomm.merging.stream_torch import TensorMerge
 
@@ -238,63 +237,36 @@ def stream_merge(
     return out_dir
 
 
-def _check_every_tensor(recipe: Recipe, layout: _Layout) -> list[dict]:
+def _check_every_tensor(recipe: Recipe, layout: _Layout) -> dict[str, dict]:
     """Every merged tensor's parameters, checked before anything is read or written (a check
-    across parameters, such as DELLA's density +/- epsilon, depends on the layer's values);
-    returns the distinct parameter sets, defaults filled in."""
+    across parameters, such as DELLA's density +/- epsilon, depends on the layer's values):
+    tensor name -> its parameters, defaults filled in (one dict per distinct set)."""
     spec = get_method(recipe.method)
-    n, seen = len(recipe.models), {}
+    n, seen, by_name = len(recipe.models), {}, {}
     for name in layout.order:
         if name not in layout.merged:
             continue
         group = llm_group(name)
         params = recipe.params_for(group, name, group_t(group, layout.n_layers))
         key = repr(sorted(params.items()))
-        if key in seen:
-            continue
-        try:
-            seen[key] = spec.resolved(params, n)
-        except ConfigError as e:
-            raise ConfigError(f"{e} (tensor {name}, group {group})") from None
-    return list(seen.values())
+        if key not in seen:
+            try:
+                seen[key] = spec.resolved(params, n)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (tensor {name}, group {group})") from None
+        by_name[name] = seen[key]
+    return by_name
 
 
-def _on_arrays(recipe: Recipe, params: list[dict], readers: list[ArrayReader], layout: _Layout, device: str) -> bool:
+def _on_arrays(recipe: Recipe, params: dict[str, dict], readers: list[ArrayReader], layout: _Layout,
+               device: str) -> bool:
     """Whether the numpy arrays merge this recipe (else the resident engine on torch tensors): the
     CPU with numba, a method with a fused kernel, and float16/bfloat16/float32 checkpoints."""
     if device not in ("auto", "cpu") or not fast_kernels():
         return False
-    from evomm.merging import stream_arrays  # numba
-
-    if not all(stream_arrays.handles(recipe.method, p) for p in params):
+    if not all(fused_method(recipe.method, p) for p in params.values()):
         return False
     return all(r.dtype(n) != "F64" for r in readers for n in layout.order if n in r.files)
-
-
-class ArrayMerge:
-    """name, storage dtype -> the output tensor's bytes, merged on numpy arrays (no torch)."""
-
-    def __init__(self, recipe: Recipe, layout: _Layout, readers: list[ArrayReader], dtype: str, n_sources: int):
-        self.recipe, self.layout, self.readers, self.dtype = recipe, layout, readers, dtype
-        self.spec, self.n_sources = get_method(recipe.method), n_sources
-        self.workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.session = nullcontext
-
-    def __call__(self, name: str, out_dtype: str) -> np.ndarray:
-        first = self.readers[0]
-        if name not in self.layout.merged:  # a persistent buffer: source 0's
-            stored = first.dtype(name)
-            return from_float32(to_float32(first.raw(name), stored), out_dtype) if stored in FLOATING else first.raw(name)
-        group = llm_group(name)
-        params = self.spec.resolved(self.recipe.params_for(group, name, group_t(group, self.layout.n_layers)),
-                                    self.n_sources)
-        seed = tensor_seed(self.recipe.seed, name) if self.spec.random else None
-        from evomm.merging import stream_arrays  # numba: imported once _on_arrays has chosen it
-
-        arrays = [stream_arrays.as_compute(r.raw(name), r.dtype(name), self.dtype) for r in self.readers]
-        merged = stream_arrays.merge_arrays(self.recipe.method, params, seed, arrays[self.n_sources],
-                                            arrays[:self.n_sources])
-        return from_float32(merged, out_dtype)
 
 
 def _write_shards(out_dir: Path, names: list[str], parts: list[list], merge) -> None:
