@@ -78,7 +78,7 @@ def merge_arrays(method: str, p: dict, seed: int | None, base: np.ndarray, sourc
     collect: dict[int, Tied] = {}
     if method == "ties":
         ks = {i: top_k(d, n) for i, d in enumerate(density) if d < 1.0}
-        for i, trim in one_shot_trims(base, sources, ks, p["tie_order"], collect_ties=True).items():
+        for i, trim in one_shot_trims(base, sources, ks, p["tie_order"]).items():
             if isinstance(trim, Tied):  # the kernel's pass lists the tied entries, in index order
                 collect[i] = trim
                 trims.threshold[i] = next_up(trim.value)
@@ -113,11 +113,11 @@ class Tied:
     value: float
 
 
-def one_shot_trims(base: np.ndarray, sources: list[np.ndarray], ks: dict[int, int], tie_order: str,
-                   collect_ties: bool = False) -> dict[int, Trim | Tied]:
-    """Source i's exact trim keeping ks[i] entries, for the sources in ``ks``. With
-    ``collect_ties``, a source whose ties are kept in index order is answered by a :class:`Tied`
-    (the merge kernel lists them in its pass) instead of a pass of its own."""
+def one_shot_trims(base: np.ndarray, sources: list[np.ndarray], ks: dict[int, int],
+                   tie_order: str) -> dict[int, Trim | Tied]:
+    """Source i's exact trim keeping ks[i] entries, for the sources in ``ks``. A source whose
+    ties are kept in index order is answered by a :class:`Tied` (the merge kernel lists them in
+    its pass) instead of a pass of its own."""
     n = base.size
     found: dict[int, tuple[float, int, int] | None] = dict.fromkeys(ks)
     if n > SMALL_TENSOR and ks:
@@ -137,13 +137,8 @@ def one_shot_trims(base: np.ndarray, sources: list[np.ndarray], ks: dict[int, in
             if greater + equal <= k:
                 trims[i] = Trim(value)  # no tie to choose among
                 continue
-            if tie_order == "index" and collect_ties:
+            if tie_order == "index":
                 trims[i] = Tied(k, greater, equal, value)
                 continue
-        magnitudes = np.abs(sources[i] - base)  # as the kernel computes |tau|
-        if found[i] is not None and tie_order == "index":  # the first k - greater ties by position
-            tied = np.flatnonzero(magnitudes == np.float32(value))[: k - greater]
-            trims[i] = Trim(next_up(value), tied.astype(np.int64))
-        else:
-            trims[i] = array_trim(magnitudes, k, tie_order)
+        trims[i] = array_trim(np.abs(sources[i] - base), k, tie_order)  # |tau| as the kernel computes it
     return trims

@@ -131,8 +131,8 @@ class ParameterSpaceKind:
         """The merge section as it was written before the space group: the method's yaml held
         its default evolve and their bounds, overrides changed them."""
         method = c["merge"]["method"]
-        evolve = self.evolved(c)
-        listed = evolved_params(method, None) + [p for p in evolve if p not in evolved_params(method, None)]
+        evolve, default = self.evolved(c), evolved_params(method, None)
+        listed = default + [p for p in evolve if p not in default]
         bounds = {p: self.bounds.get(p) or list(DEFAULT_BOUNDS[p]) for p in listed
                   if self.bounds.get(p) is not None or p in DEFAULT_BOUNDS}
         return {"method": method, "granularity": self.granularity, "group_size": self.group_size,
