@@ -113,3 +113,12 @@ def no_model_load(monkeypatch):
         raise AssertionError("models were loaded before the error")
 
     monkeypatch.setattr("evomm.runner.build_search", refuse)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread than fighting for busy cores (a module's tests)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

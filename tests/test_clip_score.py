@@ -17,12 +17,7 @@ from evomm.tasks import build_task
 from evomm.tasks.clip_score import DEFAULT_PROMPTS, clip_scores, read_prompts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
